@@ -1,0 +1,34 @@
+# Two commands do all the set-up: `make demo` and `make test` (each creates .venv when missing).
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: setup test lint demo clean help
+
+help:  ## list the targets
+	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/:/'
+
+$(STAMP): requirements.txt setup.py package.xml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 is required (the ROS 2 wheels are cp311), found {sys.version.split()[0]}"'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+setup: $(STAMP)  ## create .venv with the pinned dependencies (once; reused afterwards)
+
+lint: $(STAMP)  ## ruff over the whole tree
+	$(VENV)/bin/ruff check .
+
+test: $(STAMP) lint  ## lint, then the whole test suite
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: $(STAMP)  ## the main job on the embedded synthetic data (see README)
+	$(PY) -m equiseg_ros.demo $(DEMO_ARGS)
+
+clean:  ## remove the environment and generated outputs
+	rm -rf $(VENV) runs build install log *.egg-info
