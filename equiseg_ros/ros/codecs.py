@@ -364,28 +364,30 @@ def fill_pointcloud2(msg: Any, points: np.ndarray, point_field_type: Any, header
 # ---- camera info, stamps --------------------------------------------------------------------------------------
 
 def camera_info_to_camera(msg: Any, topic: str = "") -> Any:
-    """sensor_msgs/CameraInfo -> :class:`equiseg_ros.sensors.geometry.CameraModel` (K, P, size, distortion)."""
+    """sensor_msgs/CameraInfo -> :class:`equiseg_ros.sensors.geometry.CameraModel` (K, P when non-zero, size).
+
+    Distortion (``d``) is not applied: the projection uses ``P`` (rectified pixels), so the image the LiDAR is
+    projected onto should be the rectified one (``image_rect``), as in image_geometry's ``project3dToPixel``.
+    """
     from equiseg_ros.sensors.geometry import CameraModel  # owned by the sensors/datasets code
 
     h, w = _check_dims(msg, topic)
-    k = np.asarray(getattr(msg, "k", None) if hasattr(msg, "k") else getattr(msg, "K", ()), np.float64).reshape(-1)
-    p = np.asarray(getattr(msg, "p", None) if hasattr(msg, "p") else getattr(msg, "P", ()), np.float64).reshape(-1)
+    k = np.asarray(_field(msg, "k"), np.float64).reshape(-1)
+    p = np.asarray(_field(msg, "p"), np.float64).reshape(-1)
     if k.size != 9 or not np.isfinite(k).all() or k[0] <= 0 or k[4] <= 0:
         raise DecodeError(topic, f"camera_info: K must be 9 finite values with fx, fy > 0, got {k.tolist()}")
     if h <= 0 or w <= 0:
         raise DecodeError(topic, f"camera_info: image size {w}x{h} must be positive")
-    p_mat = p.reshape(3, 4) if p.size == 12 and p[0] > 0 else None
-    d = np.asarray(getattr(msg, "d", ()) if hasattr(msg, "d") else getattr(msg, "D", ()), np.float64).reshape(-1)
-    return _make_camera(CameraModel, k.reshape(3, 3), p_mat, int(w), int(h), d,
-                        str(getattr(msg, "distortion_model", "")))
+    if p.size not in (0, 12) or not np.isfinite(p).all():
+        raise DecodeError(topic, f"camera_info: P must be 12 finite values, got {p.size}")
+    return CameraModel.from_camera_info(k.tolist(), p.tolist() if p.size == 12 else None, int(w), int(h))
 
 
-def _make_camera(cls: Any, k: np.ndarray, p: np.ndarray | None, width: int, height: int, d: np.ndarray,
-                 model: str) -> Any:
-    """Build a CameraModel whatever its constructor spells (kept in one place so the codec follows geometry.py)."""
-    if hasattr(cls, "from_camera_info"):
-        return cls.from_camera_info(k=k, p=p, width=width, height=height, d=d, distortion_model=model)
-    return cls(k=k, width=width, height=height)
+def _field(msg: Any, name: str) -> Any:
+    """A CameraInfo array field: ROS 2 spells it lower-case (``k``), ROS 1 bags upper-case (``K``)."""
+    if hasattr(msg, name):
+        return getattr(msg, name)
+    return getattr(msg, name.upper(), ())
 
 
 def stamp_to_sec(header_or_stamp: Any) -> float:
