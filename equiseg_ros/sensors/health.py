@@ -9,7 +9,7 @@ Checks (each configurable, each disabled by setting its threshold to 0 / None):
 * **noisy** — a camera whose noise estimate (Immerkær's fast estimator on grey rows) exceeds ``noise_ratio`` times
   its baseline, the median over its first ``noise_warmup`` frames, or a given ``noise_baseline``.
 
-Statistics use a strided subsample (``sample_stride``) so a check costs a few milliseconds at 1024² (measured in bench/bench_sensor_io.py).
+Statistics use a strided subsample (``sample_stride``) to stay cheap at 1024² (see bench/bench_sensor_io.py).
 ``HealthMonitor.check`` is called by the node after decoding and before the synchroniser: a failing check becomes
 ``Synchronizer.mark_unhealthy(modality, reason)`` and a ``/diagnostics`` WARN; the model sees the modality absent.
 """
