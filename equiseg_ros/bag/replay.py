@@ -57,8 +57,7 @@ def message_class(msgtype: str) -> Any:
 
 def qos_of(conn: Connection, reliable: bool | None = None, depth: int | None = None) -> Any:
     """rclpy QoSProfile from a connection's first offered QoS (sensor-data default when the bag has none)."""
-    from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
-                           qos_profile_sensor_data)
+    from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
     offered = list(getattr(conn.ext, "offered_qos_profiles", []) or [])
     if not offered:
         profile = QoSProfile(history=qos_profile_sensor_data.history, depth=qos_profile_sensor_data.depth,
