@@ -36,8 +36,7 @@ def provider_options(providers: Sequence[str], *, cache_dir: str | Path | None, 
         if p == "TensorrtExecutionProvider":
             o: dict[str, Any] = {"device_id": device_id, "trt_fp16_enable": precision == "fp16"}
             if cache_dir is not None:
-                o.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(cache_dir),
-                         trt_timing_cache_enable=True)
+                o.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(cache_dir))
             opts.append(o)
         elif p == "CUDAExecutionProvider":
             opts.append({"device_id": device_id})
