@@ -83,12 +83,15 @@ class FrameSource:
         try:
             if self.dataset == "muses":
                 from equiseg_ros.data.muses import MusesReader
-                return MusesReader(self.root, self.split, mods, conditions=conds)
+                # native size: the bag carries what the sensors gave; the node resizes to the model input
+                return MusesReader(self.root, self.split, mods, conditions=conds, resize=None)
             from equiseg_ros.data.deliver import DeliverReader
             return DeliverReader(self.root, self.split, mods, conditions=conds,
                                  corner_cases=list(corner_cases) if corner_cases else None)
         except ImportError as exc:
             raise SourceError(f"the {self.dataset} reader is not available in this install: {exc}") from None
+        except (FileNotFoundError, ValueError) as exc:
+            raise SourceError(f"{self.dataset} at {self.root}: {exc}") from None
 
     def __len__(self) -> int:
         return self.count
@@ -103,7 +106,7 @@ class FrameSource:
         label = np.asarray(_get(item, "label", "semantic", "target"))
         if label.ndim == 3:
             label = label[..., 0]
-        name = str(_get(meta, "frame_id", "name", "id", default=None) or _get(item, "name", "frame_id", default=i))
+        name = str(_get(meta, "frame", "frame_id", "name", default=None) or i)
         cond = str(_get(meta, "condition", default=None) or _get(item, "condition", default="") or "")
         corner = str(_get(meta, "corner_case", default=None) or _get(item, "corner_case", default="") or "")
         k = _get(meta, "K", "intrinsics", default=None)
@@ -122,7 +125,7 @@ class FrameSource:
             from equiseg_ros.data.synthetic import load_raw_frame
         except ImportError as exc:
             raise SourceError(f"--raw: equiseg_ros.data.synthetic.load_raw_frame is not available: {exc}") from None
-        record = _get(item, "record", default=None) or _get(meta, "record", default=None) or meta
+        record = _get(item, "record", default=None) or meta
         try:
             return load_raw_frame(self.root, record)
         except FileNotFoundError as exc:

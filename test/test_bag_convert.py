@@ -1,0 +1,130 @@
+"""Dataset -> rosbag2 -> read back with rosbags: messages, stamps, encodings and ground truth equal the source."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from rosbags.highlevel import AnyReader
+from rosbags.interfaces import QosReliability
+from test_bag_fixtures import make_deliver, make_muses, make_synthetic
+
+from equiseg_ros.bag import convert
+from equiseg_ros.bag._sources import FrameSource
+from equiseg_ros.bag._writer import read_custom
+from equiseg_ros.ros import codecs
+
+
+def _read(bag: Path) -> dict[str, list[tuple[int, object]]]:
+    out: dict[str, list[tuple[int, object]]] = {}
+    with AnyReader([bag]) as r:
+        for conn, ts, raw in r.messages():
+            out.setdefault(conn.topic, []).append((ts, r.deserialize(raw, conn.msgtype)))
+    return out
+
+
+def _check_bag(bag: Path, source: FrameSource, rate: float = 10.0) -> None:
+    msgs = _read(bag)
+    n = len(source)
+    spec = source.spec
+    start = int(convert.DEFAULT_START_S * 1e9)
+    period = int(round(1e9 / rate))
+    assert len(msgs[convert.GT_TOPIC]) == n
+    for m in spec.modality_names:
+        assert len(msgs[convert.image_topic(m)]) == n, m
+    for i in range(n):
+        frame = source.frame(i)
+        stamp = start + i * period
+        for m in spec.modality_names:
+            ts, msg = msgs[convert.image_topic(m)][i]
+            assert ts == stamp and msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec == stamp
+            assert msg.encoding == "rgb8" and msg.header.frame_id == convert.CAMERA_FRAME
+            np.testing.assert_array_equal(codecs.image_to_numpy(msg, m), frame.images[m])
+        ts, gt = msgs[convert.GT_TOPIC][i]
+        assert ts == stamp and gt.encoding == "mono8"
+        np.testing.assert_array_equal(codecs.image_to_numpy(gt), frame.label)
+        info = json.loads(msgs[convert.INFO_TOPIC][i][1].data)
+        assert info["condition"] == frame.condition and info["name"] == frame.name and info["stamp_ns"] == stamp
+        ci = msgs[convert.CAMERA_INFO_TOPIC][i][1]
+        assert (ci.height, ci.width) == frame.label.shape and ci.k[0] > 0
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+@pytest.mark.parametrize("dataset", ["deliver", "muses", "synthetic"])
+def test_convert_each_dataset_both_storages(tmp_path: Path, dataset: str, storage: str) -> None:
+    root = {"deliver": make_deliver, "muses": make_muses, "synthetic": make_synthetic}[dataset](tmp_path / "data")
+    bag = tmp_path / "bag"
+    assert convert.main(["--dataset", dataset, "--root", str(root), "--split", "val", "--out", str(bag),
+                         "--storage", storage, "--quiet"]) == 0
+    meta = yaml.safe_load((bag / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
+    assert meta["storage_identifier"] == storage and meta["version"] == 9
+    source = FrameSource(dataset, root, "val")
+    _check_bag(bag, source)
+    custom = read_custom(bag)
+    assert custom["source"]["frames"] == len(source) and custom["source"]["dataset"] == dataset
+    assert custom["spec"]["name"] == source.spec.name
+    with AnyReader([bag]) as r:
+        qos = {c.topic: c.ext.offered_qos_profiles[0] for c in r.connections}
+    assert qos["/rgb/image" if dataset != "muses" else "/lidar/image"].reliability == QosReliability.BEST_EFFORT
+    assert qos[convert.GT_TOPIC].reliability == QosReliability.RELIABLE
+
+
+def test_conditions_filter_and_rate(tmp_path: Path) -> None:
+    root = make_deliver(tmp_path / "d")
+    bag = tmp_path / "night"
+    assert convert.main(["--dataset", "deliver", "--root", str(root), "--conditions", "night", "--rate", "4",
+                         "--out", str(bag), "--quiet"]) == 0
+    source = FrameSource("deliver", root, "val", conditions=["night"])
+    assert len(source) == 2
+    _check_bag(bag, source, rate=4.0)
+
+
+def test_humble_target(tmp_path: Path) -> None:
+    root = make_deliver(tmp_path / "d")
+    bag = tmp_path / "humble"
+    assert convert.main(["--dataset", "deliver", "--root", str(root), "--distro", "humble", "--out", str(bag),
+                         "--quiet"]) == 0
+    meta = yaml.safe_load((bag / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
+    assert meta["storage_identifier"] == "sqlite3" and meta["version"] == 5
+    assert "ros_distro" not in meta
+    for t in meta["topics_with_message_count"]:
+        assert "type_description_hash" not in t["topic_metadata"]
+        # Humble parses offered_qos_profiles as a YAML string with integer enums
+        qos = yaml.safe_load(t["topic_metadata"]["offered_qos_profiles"])
+        assert isinstance(qos[0]["reliability"], int)
+    _check_bag(bag, FrameSource("deliver", root, "val"))
+    assert read_custom(bag)["distro"] == "humble"
+    # mcap is refused for Humble (its default install has no mcap plugin)
+    assert convert.main(["--dataset", "deliver", "--root", str(root), "--distro", "humble", "--storage", "mcap",
+                         "--out", str(tmp_path / "x"), "--quiet"]) == 2
+
+
+def test_existing_output_never_overwritten_silently(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = make_deliver(tmp_path / "d", frames_per_condition=1)
+    bag = tmp_path / "bag"
+    args = ["--dataset", "deliver", "--root", str(root), "--out", str(bag), "--quiet"]
+    assert convert.main(args) == 0
+    before = (bag / "metadata.yaml").read_text()
+    assert convert.main(args) == 2
+    assert "exists" in capsys.readouterr().err
+    assert (bag / "metadata.yaml").read_text() == before
+    assert convert.main(args + ["--overwrite", "--rate", "5"]) == 0
+    assert read_custom(bag)["source"]["rate"] == 5.0
+    other = tmp_path / "notabag"
+    other.mkdir()
+    (other / "keep.txt").write_text("x")
+    assert convert.main(["--dataset", "deliver", "--root", str(root), "--out", str(other), "--overwrite",
+                         "--quiet"]) == 2
+    assert (other / "keep.txt").exists()
+
+
+def test_bad_root_and_empty_selection(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert convert.main(["--dataset", "deliver", "--root", str(tmp_path / "nope"), "--out", str(tmp_path / "b"),
+                         "--quiet"]) == 2
+    root = make_deliver(tmp_path / "d", frames_per_condition=1)
+    assert convert.main(["--dataset", "deliver", "--root", str(root), "--conditions", "fog",
+                         "--out", str(tmp_path / "b"), "--quiet"]) == 2
+    assert "fog" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
