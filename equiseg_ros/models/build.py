@@ -18,7 +18,7 @@ from equiseg_ros.models.head import default_decoder_dim
 from equiseg_ros.models.mit import mit_config
 from equiseg_ros.spec import ModelSpec
 
-ARCHITECTURES = ("segformer", "m_segformer", "equiseg")  # cmnext added when it lands
+ARCHITECTURES = ("segformer", "m_segformer", "equiseg", "cmnext")
 
 __all__ = ["ARCHITECTURES", "build_model", "load_state_dict_checked", "load_checked_checkpoint", "count_params"]
 
