@@ -10,7 +10,9 @@ Why not message_filters' ApproximateTimeSynchronizer: when one input stops it go
 * :meth:`Synchronizer.poll` emits at most one frame: the newest anchor message not yet emitted. Older pending
   anchor messages are dropped and counted (inference only wants the newest frame).
 * it waits for an *alive* modality whose matching message may still be in flight for at most ``wait`` seconds
-  after the anchor message arrived (messages of one frame arrive one after another); it never waits for a dead one.
+  after the anchor message arrived (messages of one frame arrive one after another; set ``wait`` to the spread of
+  the sensors' latencies); it never waits for a dead one. During the first ``max_age`` after start (or a reset) a
+  not-yet-seen modality is waited for the same way, so the first frames are not needlessly partial.
 * frames are emitted with strictly increasing stamps, so a frame is never emitted twice (duplicates and
   out-of-order anchor messages older than the last frame are ignored as anchors, still usable as matches).
 * a backward jump of ``now`` or of a modality's stamps by more than ``time_jump`` (a looping bag, ``use_sim_time``)
@@ -123,6 +125,7 @@ class Synchronizer:
         self._last_now: float | None = None
         self._last_emitted: float | None = None
         self._dropped_pending = 0
+        self._first_now: float | None = None  # receipt time of the first message since start/reset
         self._jump: tuple[float, float] | None = None  # (stamp, now) of the last stamp-triggered reset
         self.emitted = 0
         self.dropped_total = 0
@@ -146,6 +149,8 @@ class Synchronizer:
                     return
             ch.received += 1
             ch.last_arrival = self._last_now
+            if self._first_now is None:
+                self._first_now = self._last_now
             if any(m.stamp == stamp for m in ch.buf):
                 ch.duplicates += 1  # keep the first copy: it may already have been matched into a frame
                 return
@@ -194,15 +199,13 @@ class Synchronizer:
                 return None
             ach = self._ch[anchor]
             fresh = [m for m in ach.buf if self._last_emitted is None or m.stamp > self._last_emitted]
-            if not fresh:
-                return None
-            target = fresh[-1]
-            skipped = len(fresh) - 1
             others = [m for m in self.modalities if m != anchor]
-            if now - target.arrival < self.wait:
-                for m in others:
-                    if self._state(m, now)[0] == "alive" and not self._settled(self._ch[m], target.stamp):
-                        return None  # its matching message may still be in flight: try again on the next poll
+            # the newest anchor message that is ready; newer ones still waiting stay pending, older ones are dropped
+            ready = next((i for i in range(len(fresh) - 1, -1, -1) if self._ready(fresh[i], others, now)), None)
+            if ready is None:
+                return None
+            target = fresh[ready]
+            skipped = ready
             items: dict[str, Any] = {anchor: target.payload}
             stamps: dict[str, float | None] = {anchor: target.stamp}
             absent: dict[str, str] = {}
@@ -270,6 +273,7 @@ class Synchronizer:
             ch.last_arrival = None
             ch.last_malformed = None
         self._last_now = None
+        self._first_now = None
         self._last_emitted = None
         self._dropped_pending = 0
         self.resets += 1
@@ -295,6 +299,18 @@ class Synchronizer:
         if best is None or abs(best.stamp - stamp) > self.slop:
             return None
         return best
+
+    def _ready(self, target: _Msg, others: list[str], now: float) -> bool:
+        """Every other modality that may still deliver a match for ``target`` has, or ``wait`` has run out."""
+        if now - target.arrival >= self.wait:
+            return True
+        starting = self._first_now is not None and now - self._first_now < self.max_age
+        for m in others:
+            state = self._state(m, now)[0]
+            waitable = state == "alive" or (state == "never_seen" and starting)
+            if waitable and not self._settled(self._ch[m], target.stamp):
+                return False  # its matching message may still be in flight: try again on the next poll
+        return True
 
     def _settled(self, ch: _Channel, stamp: float) -> bool:
         """True when no later message of ``ch`` can match ``stamp`` better than what is already buffered."""
