@@ -246,14 +246,14 @@ def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, ModelSpec, dict[
     """(model in eval mode, spec, model config dict, checkpoint sha256) from an equiseg_ros checkpoint."""
     from equiseg_ros.checkpoint import load_checkpoint
     from equiseg_ros.config import ModelConfig, from_dict
-    from equiseg_ros.models.build import build_model, load_state_dict_checked
+    from equiseg_ros.models.build import build_model, load_checked_checkpoint
 
     ckpt = load_checkpoint(path)
     cfg_dict = dict(ckpt["config"].get("model") or {})
     cfg_dict["pretrained"] = None  # the checkpoint holds all weights; never read backbone files at export
     cfg = from_dict(ModelConfig, cfg_dict, "config.model")
     model = build_model(cfg, ckpt["spec"])
-    load_state_dict_checked(model, ckpt["model"])
+    load_checked_checkpoint(model, ckpt)
     return model.eval(), ckpt["spec"], cfg_dict, sha256_file(path)
 
 
