@@ -78,6 +78,8 @@ def parse(kind: str, text: str) -> Injection:
                 raise InjectionError(f"--noise {text!r}: level must be 0/1/2 or low/mid/high")
             return Injection(kind, mod, value=float(level))
         value = float(arg)
+    except InjectionError:
+        raise
     except ValueError:
         raise InjectionError(f"--{kind} {text!r}: expected MODALITY:{_FORMS[kind]}") from None
     if kind in ("drop", "corrupt") and not 0.0 <= value <= 1.0:
