@@ -238,3 +238,28 @@ def test_generic_in_modalities():
     res = evaluate(lambda x, p: (x[:, 0, 0] > 0).long(), batches, spec, progress=False)
     assert list(res.anymodal_row()) == ["F", "E", "FE", "Mean"]
     assert res.robustness_score() is not None and res.by_condition == {}
+
+
+def _ddp_eval_worker(rank: int, world: int, init: str, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        shard = _batches(n=2, all_classes=False)[rank::world]
+        res = evaluate(_toy_model, shard, SPEC, protocols=("full", "emm"), progress=False, all_reduce=True)
+        if rank == 0:
+            torch.save({"row": res.table1_row("deployed"), "frames": res.frames}, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_all_reduce_equals_single_process(tmp_path):
+    import torch.multiprocessing as mp
+
+    out = str(tmp_path / "r.pt")
+    mp.start_processes(_ddp_eval_worker, args=(2, f"file://{tmp_path / 'store'}", out), nprocs=2, join=True,
+                       start_method="fork")
+    got = torch.load(out)
+    whole = evaluate(_toy_model, _batches(n=2, all_classes=False), SPEC, protocols=("full", "emm"), progress=False)
+    assert got["frames"] == whole.frames == 4
+    assert got["row"] == pytest.approx(whole.table1_row("deployed"))

@@ -375,6 +375,18 @@ class EvalResult:
         return p
 
 
+def _all_reduce_counts(stats: Mapping[str, Any], device: str | torch.device) -> dict[str, int]:
+    """Frame, batch and predict-call counts summed over DDP ranks (unchanged without a process group)."""
+    import torch.distributed as dist
+
+    keys = ("frames", "batches", "predict_calls")
+    if not (dist.is_available() and dist.is_initialized()):
+        return {k: int(stats[k]) for k in keys}
+    t = torch.tensor([int(stats[k]) for k in keys], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return dict(zip(keys, (int(v) for v in t.tolist())))
+
+
 def _resolve_table_rate(rmm_rates: Sequence[float], wanted: float) -> float | None:
     rates = [float(r) for r in rmm_rates]
     if not rates:
@@ -416,11 +428,12 @@ def evaluate(predict: Predict, loader: Iterable, spec: ModelSpec, protocols: Seq
     t0 = time.perf_counter()
     with tqdm(total=total, disable=not progress, unit="pred", desc=f"evaluate ({len(variants)} inputs/batch)") as bar:
         accs, stats = run_variants(predict, loader, spec, variants, seed, device, max_batches, bar)
-    if stats["frames"] == 0:
-        raise ValueError("loader: yielded no batches")
-    if all_reduce:
+    if all_reduce:  # every rank reaches this point with the same variants in the same order
         for acc in accs.values():
             acc.overall.all_reduce()  # groups stay per rank: their keys may differ between ranks
+        stats.update(_all_reduce_counts(stats, device))
+    if stats["frames"] == 0:
+        raise ValueError("loader: yielded no batches")
     seconds = time.perf_counter() - t0
     table_rate = _resolve_table_rate(rates, table_rmm_rate) if "rmm" in protocols else None
     clean_key = next((k for k, v in keymap.items() if v.kind == "clean"), None)
