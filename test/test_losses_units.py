@@ -45,6 +45,10 @@ def test_prototype_kl_zero_for_equal_and_ignores_absent_classes():
     c[0, 0] += 3.0
     kl = prototype_kl(a, c, mask)
     assert kl[0] > 1e-3 and kl[1] == 0  # sample 1 has a single class: a one-point distribution, KL 0
+    # with every class present, "mean" is the reference's kl_div(log_softmax(s, 0), softmax(t, 0), "mean")
+    full = torch.ones(2, 5, dtype=torch.bool)
+    ref = (a[0].softmax(0) * (a[0].log_softmax(0) - c[0].log_softmax(0))).mean()  # mean over all K*d elements
+    assert prototype_kl(a, c, full)[0].item() == pytest.approx(ref.item(), rel=1e-5)
 
 
 def test_ohem_keeps_hard_pixels_or_at_least_one_sixteenth():
@@ -130,8 +134,11 @@ def test_logit_kd_directions():
     p_s, p_t = s.softmax(1), t.softmax(1)
     fwd = (p_t * (p_t.log() - p_s.log())).sum(1).mean()
     rev = (p_s * (p_s.log() - p_t.log())).sum(1).mean()
-    assert logit_kd(s, t).item() == pytest.approx(fwd.item(), rel=1e-5)
-    assert logit_kd(s, t, direction="reverse").item() == pytest.approx(rev.item(), rel=1e-5)
+    assert logit_kd(s, t, reduction="sum").item() == pytest.approx(fwd.item(), rel=1e-5)
+    assert logit_kd(s, t, direction="reverse", reduction="sum").item() == pytest.approx(rev.item(), rel=1e-5)
+    # "mean" is the reference's kl_div(reduction="mean") over all B*K*h*w elements
+    ref = (p_t * (p_t.log() - p_s.log())).mean()
+    assert logit_kd(s, t).item() == pytest.approx(ref.item(), rel=1e-5)
 
 
 def test_fsm_selects_each_element_from_the_right_teacher():

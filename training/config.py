@@ -51,6 +51,7 @@ class LossConfig:
     hpdm_weight: float = 100.0  # RMMSS alpha
     hpdm_include_absent: bool = False
     proto_softmax_dim: Literal["class", "channel"] = "class"
+    kl_reduction: Literal["mean", "sum"] = "mean"  # "mean" = the reference's kl_div scale (divided by K)
     fsm_gradient: Literal["straight_through", "soft", "none"] = "straight_through"
 
 

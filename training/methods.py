@@ -53,10 +53,10 @@ class Method:
         self.autocast = autocast
         self.num_classes, self.ignore_index = num_classes, ignore_index
         self.ohem = OhemCrossEntropy(ignore_index, lc.ohem_thresh, lc.ohem_min_kept_div)
-        self.sgm = SGMLoss(num_classes, ignore_index, lc.sgm_detach_teacher, lc.proto_softmax_dim)
+        self.sgm = SGMLoss(num_classes, ignore_index, lc.sgm_detach_teacher, lc.proto_softmax_dim, lc.kl_reduction)
         stage2_trains_fsm = self.name == "rmmss_stage2" and lc.fsm_gradient != "none"
         self.hpdm = HPDMLoss(num_classes, ignore_index, lc.hpdm_include_absent, lc.proto_softmax_dim,
-                             detach_target=not stage2_trains_fsm)
+                             lc.kl_reduction, detach_target=not stage2_trains_fsm)
         self.fsm: dict[str, FeatureSelectionModule] = {}
         if self.name == "rmmss_stage2":
             self.fsm = {"fsm_proto": FeatureSelectionModule(lc.fsm_gradient),
@@ -120,7 +120,8 @@ class Method:
             out = student(xs, ps, return_features=True)
         ce = self.ohem(out["logits"], labels)
         kd = logit_kd(out["logits"], t_logits, lc.kd_temperature, lc.kd_direction,
-                      detach_teacher=self.name != "rmmss_stage2" or lc.fsm_gradient == "none")
+                      detach_teacher=self.name != "rmmss_stage2" or lc.fsm_gradient == "none",
+                      reduction=lc.kl_reduction)
         hp = self.hpdm(out["modal_features"], t_protos, labels, student_present=keep)
         parts.update({"ohem": ce.item(), "kd": kd.item(), "hpdm": hp.item()})
         return StepOutput(ce + lc.kd_weight * kd + lc.hpdm_weight * hp, parts)

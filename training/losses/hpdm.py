@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .prototypes import SoftmaxDim, class_prototypes, prototype_kl
+from .prototypes import Reduction, SoftmaxDim, class_prototypes, prototype_kl
 
 Protos = tuple[torch.Tensor, torch.Tensor]  # ([B, K, d], [B, K] mask)
 
@@ -42,13 +42,15 @@ class HPDMLoss(torch.nn.Module):
     """See module docstring."""
 
     def __init__(self, num_classes: int, ignore_index: int = 255, include_absent: bool = False,
-                 softmax_dim: SoftmaxDim = "class", detach_target: bool = True) -> None:
+                 softmax_dim: SoftmaxDim = "class", reduction: Reduction = "mean",
+                 detach_target: bool = True) -> None:
         super().__init__()
         self.detach_target = detach_target  # False in stage 2: the FSM that made the target learns from this loss
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.include_absent = include_absent
         self.softmax_dim = softmax_dim
+        self.reduction = reduction
 
     def forward(self, student_features: Sequence[Sequence[torch.Tensor]], teacher_protos: Sequence[Sequence[Protos]],
                 labels: torch.Tensor, student_present: torch.Tensor | None = None,
@@ -77,6 +79,6 @@ class HPDMLoss(torch.nn.Module):
                 protos, _ = class_prototypes(feat, labels, self.num_classes, self.ignore_index)
                 if self.detach_target:
                     target = target.detach()
-                kl = prototype_kl(target, protos, mask, self.softmax_dim)
+                kl = prototype_kl(target, protos, mask, self.softmax_dim, self.reduction)
                 total = total + (kl * weight).sum() / batch
         return total

@@ -16,8 +16,12 @@ Direction = Literal["forward", "reverse"]
 
 
 def logit_kd(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0,
-             direction: Direction = "forward", detach_teacher: bool = True) -> torch.Tensor:
-    """Mean over pixels of sum over classes of KL; logits [B, K, h, w] (teacher resized to the student's size).
+             direction: Direction = "forward", detach_teacher: bool = True,
+             reduction: Literal["mean", "sum"] = "mean") -> torch.Tensor:
+    """Per-pixel KL over classes, averaged over pixels; logits [B, K, h, w] (teacher resized to the student's size).
+
+    ``reduction="mean"`` also divides by K: the reference's ``KLDivLoss(reduction="mean")`` averages over every
+    element, and lambda = 50 was tuned on that scale; ``"sum"`` is the textbook per-pixel KL.
 
     ``detach_teacher=False`` lets the gradient reach a trainable target (the stage-2 FSM).
     """
@@ -32,4 +36,5 @@ def logit_kd(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 
         kl = (log_s.exp() * (log_s - log_t)).sum(1)
     else:
         raise ValueError(f"direction: expected 'forward' or 'reverse', got {direction!r}")
-    return kl.mean() * temperature ** 2
+    out = kl.mean() * temperature ** 2
+    return out / student.shape[1] if reduction == "mean" else out

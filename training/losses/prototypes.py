@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 SoftmaxDim = Literal["class", "channel"]
+Reduction = Literal["mean", "sum"]
 
 
 def downsample_labels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -42,11 +43,14 @@ def class_prototypes(feat: torch.Tensor, labels: torch.Tensor, num_classes: int,
 
 
 def prototype_kl(target: torch.Tensor, student: torch.Tensor, mask: torch.Tensor,
-                 softmax_dim: SoftmaxDim = "class") -> torch.Tensor:
+                 softmax_dim: SoftmaxDim = "class", reduction: Reduction = "mean") -> torch.Tensor:
     """KL(target || student) between prototype sets [B, K, d] over the classes in ``mask`` [B, K].
 
     Per sample: the sum over the distribution axis, averaged over the other axis; returns [B] (0 for a sample
-    with no labelled class). Computed in float32 so AMP never underflows the log-probabilities.
+    with no labelled class). ``reduction="mean"`` further divides by the length of the distribution axis (K
+    classes, or d channels), which is what the reference's ``kl_div(..., reduction="mean")`` over the [K, d]
+    prototype matrix computes - the scale the papers' weights (lambda=60, alpha=100) were tuned on; ``"sum"``
+    is the textbook KL. Computed in float32 so AMP never underflows the log-probabilities.
     """
     target, student = target.float(), student.float()
     m = mask[..., None]  # [B, K, 1]
@@ -56,11 +60,15 @@ def prototype_kl(target: torch.Tensor, student: torch.Tensor, mask: torch.Tensor
         log_s = torch.log_softmax(student.masked_fill(~m, neg), dim=1)
         terms = (log_t.exp() * (log_t - log_s)).masked_fill(~m, 0.0).sum(1)  # [B, d]
         per_sample = terms.mean(-1)
+        if reduction == "mean":
+            per_sample = per_sample / target.shape[1]
     elif softmax_dim == "channel":
         log_t = torch.log_softmax(target, dim=2)
         log_s = torch.log_softmax(student, dim=2)
         terms = (log_t.exp() * (log_t - log_s)).sum(2)  # [B, K]
         per_sample = (terms * mask).sum(1) / mask.sum(1).clamp(min=1)
+        if reduction == "mean":
+            per_sample = per_sample / target.shape[2]
     else:
         raise ValueError(f"softmax_dim: expected 'class' or 'channel', got {softmax_dim!r}")
     return per_sample.clamp(min=0.0)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .prototypes import SoftmaxDim, class_prototypes, prototype_kl
+from .prototypes import Reduction, SoftmaxDim, class_prototypes, prototype_kl
 
 
 def sgm_pairs(num_modalities: int, generator: torch.Generator | None = None) -> list[tuple[int, int]]:
@@ -34,12 +34,13 @@ class SGMLoss(torch.nn.Module):
     """L_s = sum_stages sum_pairs KL(p_teacher || p_student), prototypes per sample; see module docstring."""
 
     def __init__(self, num_classes: int, ignore_index: int = 255, detach_teacher: bool = True,
-                 softmax_dim: SoftmaxDim = "class") -> None:
+                 softmax_dim: SoftmaxDim = "class", reduction: Reduction = "mean") -> None:
         super().__init__()
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.detach_teacher = detach_teacher
         self.softmax_dim = softmax_dim
+        self.reduction = reduction
 
     def forward(self, modal_features: Sequence[Sequence[torch.Tensor]], labels: torch.Tensor,
                 pairs: Sequence[tuple[int, int]] | None = None,
@@ -59,6 +60,6 @@ class SGMLoss(torch.nn.Module):
                 target, mask = protos[t]
                 if self.detach_teacher:
                     target = target.detach()
-                kl = prototype_kl(target, protos[s][0], mask, self.softmax_dim).mean()
+                kl = prototype_kl(target, protos[s][0], mask, self.softmax_dim, self.reduction).mean()
                 total = kl if total is None else total + kl
         return total
