@@ -128,3 +128,32 @@ def test_bad_root_and_empty_selection(tmp_path: Path, capsys: pytest.CaptureFixt
                          "--out", str(tmp_path / "b"), "--quiet"]) == 2
     assert "fog" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+
+
+def test_raw_forms_of_the_synthetic_data(tmp_path: Path) -> None:
+    from equiseg_ros.data.synthetic import load_raw_frame
+    from equiseg_ros.sensors.transforms_tf import transform_stamped_to_matrix
+    root = make_synthetic(tmp_path / "syn", frames=2)
+    bag = tmp_path / "raw"
+    assert convert.main(["--dataset", "synthetic", "--root", str(root), "--raw", "--out", str(bag), "--quiet"]) == 0
+    msgs = _read(bag)
+    source = FrameSource("synthetic", root, "val")
+    layout = read_custom(bag)["topics"]["modalities"]
+    assert layout["lidar"]["type"] == "pointcloud2" and layout["depth"]["encoding"] == "32FC1"
+    for i in range(len(source)):
+        raw = load_raw_frame(root, source.reader[i].record)
+        depth = codecs.image_to_numpy(msgs["/depth/image"][i][1])
+        np.testing.assert_array_equal(depth, raw.depth_m)  # NaN where nothing is hit, kept as NaN
+        pts = codecs.pointcloud2_to_array(msgs["/lidar/points"][i][1])
+        cols = np.stack([pts[n] for n in ("x", "y", "z", "intensity")], 1)
+        np.testing.assert_array_equal(cols, raw.lidar_points)
+        assert msgs["/lidar/points"][i][1].header.frame_id == "lidar_link"
+        ev = codecs.pointcloud2_to_array(msgs[convert.EVENTS_TOPIC][i][1], require=("x", "y", "t", "polarity"))
+        np.testing.assert_array_equal(np.stack([ev[n] for n in ("x", "y", "t", "polarity")], 1), raw.events)
+        ci = msgs[convert.CAMERA_INFO_TOPIC][i][1]
+        np.testing.assert_allclose(np.asarray(ci.k).reshape(3, 3), raw.camera.K)
+    tf = msgs[convert.TF_STATIC_TOPIC][0][1].transforms[0]
+    assert (tf.header.frame_id, tf.child_frame_id) == (convert.CAMERA_FRAME, "lidar_link")
+    raw0 = load_raw_frame(root, source.reader[0].record)
+    np.testing.assert_allclose(transform_stamped_to_matrix(tf), raw0.T_cam_from_lidar, atol=1e-9)
+    np.testing.assert_allclose(np.asarray(layout["lidar"]["extrinsic"]).reshape(4, 4), raw0.T_cam_from_lidar)

@@ -63,8 +63,8 @@ def make_synthetic(root: Path, frames: int = 4, size: int = 32) -> Path:
     if not has_synthetic():
         pytest.skip("equiseg_ros.data.synthetic is not in this tree yet")
     subprocess.run([PY, "-m", "equiseg_ros.data.synthetic", "--out", str(root), "--frames", str(frames),
-                    "--size", str(size), "--seed", "0"], check=True, cwd=ROOT, capture_output=True,
-                   env=dict(os.environ))
+                    "--size", str(size), "--seed", "0", "--splits", "val:1", "--workers", "1"],
+                   check=True, cwd=ROOT, capture_output=True, env=dict(os.environ))
     return root
 
 

@@ -13,6 +13,7 @@ import numpy as np
 from rosbags.typesys.store import Typestore
 
 from equiseg_ros.ros import codecs
+from equiseg_ros.sensors.transforms_tf import matrix_to_translation_quaternion
 
 IMAGE = "sensor_msgs/msg/Image"
 CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
@@ -78,33 +79,14 @@ def pinhole_k(height: int, width: int, fov_deg: float = 90.0) -> list[float]:
 
 def static_transform(ts: Typestore, matrix: np.ndarray, parent: str, child: str, stamp_ns: int) -> Any:
     """tf2_msgs/TFMessage with one transform parent<-child from a 4x4 matrix (for /tf_static)."""
-    m = np.asarray(matrix, np.float64).reshape(4, 4)
-    q = _quaternion(m[:3, :3])
+    trans, q = matrix_to_translation_quaternion(np.asarray(matrix, np.float64).reshape(4, 4))
     t = ts.types
     tr = t["geometry_msgs/msg/Transform"](
-        translation=t["geometry_msgs/msg/Vector3"](x=float(m[0, 3]), y=float(m[1, 3]), z=float(m[2, 3])),
-        rotation=t["geometry_msgs/msg/Quaternion"](x=q[0], y=q[1], z=q[2], w=q[3]))
+        translation=t["geometry_msgs/msg/Vector3"](x=float(trans[0]), y=float(trans[1]), z=float(trans[2])),
+        rotation=t["geometry_msgs/msg/Quaternion"](x=float(q[0]), y=float(q[1]), z=float(q[2]), w=float(q[3])))
     st = t["geometry_msgs/msg/TransformStamped"](header=header(ts, stamp_ns, parent), child_frame_id=child,
                                                  transform=tr)
     return t[TF](transforms=[st])
-
-
-def _quaternion(r: np.ndarray) -> tuple[float, float, float, float]:
-    """Rotation matrix -> (x, y, z, w), numerically stable branch on the largest diagonal term."""
-    tr = float(np.trace(r))
-    if tr > 0:
-        s = np.sqrt(tr + 1.0) * 2
-        w, x, y, z = 0.25 * s, (r[2, 1] - r[1, 2]) / s, (r[0, 2] - r[2, 0]) / s, (r[1, 0] - r[0, 1]) / s
-    elif r[0, 0] > r[1, 1] and r[0, 0] > r[2, 2]:
-        s = np.sqrt(1.0 + r[0, 0] - r[1, 1] - r[2, 2]) * 2
-        w, x, y, z = (r[2, 1] - r[1, 2]) / s, 0.25 * s, (r[0, 1] + r[1, 0]) / s, (r[0, 2] + r[2, 0]) / s
-    elif r[1, 1] > r[2, 2]:
-        s = np.sqrt(1.0 + r[1, 1] - r[0, 0] - r[2, 2]) * 2
-        w, x, y, z = (r[0, 2] - r[2, 0]) / s, (r[0, 1] + r[1, 0]) / s, 0.25 * s, (r[1, 2] + r[2, 1]) / s
-    else:
-        s = np.sqrt(1.0 + r[2, 2] - r[0, 0] - r[1, 1]) * 2
-        w, x, y, z = (r[1, 0] - r[0, 1]) / s, (r[0, 2] + r[2, 0]) / s, (r[1, 2] + r[2, 1]) / s, 0.25 * s
-    return float(x), float(y), float(z), float(w)
 
 
 def frame_info(ts: Typestore, record: Mapping[str, Any]) -> Any:

@@ -62,10 +62,14 @@ class TopicForm:
     frame_id: str = CAMERA_FRAME
     representation: str = ""
     raw: bool = False
+    extrinsic: list[float] | None = None  # row-major 4x4 camera <- sensor (point clouds in their own frame)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"topic": self.topic, "type": self.kind, "encoding": self.encoding, "frame_id": self.frame_id,
-                "representation": self.representation, "raw": self.raw}
+        d = {"topic": self.topic, "type": self.kind, "encoding": self.encoding, "frame_id": self.frame_id,
+             "representation": self.representation, "raw": self.raw}
+        if self.extrinsic is not None:
+            d["extrinsic"] = self.extrinsic
+        return d
 
 
 def image_topic(modality: str) -> str:
@@ -73,9 +77,14 @@ def image_topic(modality: str) -> str:
     return f"/{modality}/image"
 
 
+EVENTS_TOPIC = "/event/events"
+
+
 def topic_forms(spec: ModelSpec, raw_frame: Any = None) -> dict[str, TopicForm]:
-    """The topic layout. Without raw data every modality is its 8-bit representation (rgb8). With a RawFrame, the
-    raw forms it has replace them: metric depth 32FC1, LiDAR / radar / events as PointCloud2."""
+    """The topic layout. Without raw data every modality is its 8-bit representation (rgb8). With a RawFrame the
+    raw forms the node converts itself replace them: metric depth as 32FC1 metres, LiDAR as PointCloud2 in its own
+    frame (extrinsic on /tf_static and in the metadata). Events stay an event-frame image for the node (it has no
+    event-stream input); the raw events are written besides, on /event/events (PointCloud2 x, y, t, polarity)."""
     forms = {m.name: TopicForm(m.name, image_topic(m.name), representation=m.representation)
              for m in spec.modalities}
     if raw_frame is None:
@@ -86,43 +95,44 @@ def topic_forms(spec: ModelSpec, raw_frame: Any = None) -> dict[str, TopicForm]:
             forms[m] = TopicForm(m, image_topic(m), "image", "32FC1", CAMERA_FRAME, "metric_depth", True)
         elif kind == "points":
             forms[m] = TopicForm(m, f"/{m}/points", "pointcloud2", "", f"{m}_link", "points", True)
-        elif kind == "events":
-            forms[m] = TopicForm(m, f"/{m}/events", "pointcloud2", "", CAMERA_FRAME, "events", True)
     return forms
 
 
 def _raw_payload(raw: Any, modality: str) -> tuple[str | None, Any]:
-    """(kind, data) of the raw form of ``modality`` in a RawFrame: depth (float32 [H,W] metres), points
-    (structured x,y,z[,intensity]) or events (structured x,y,t,polarity); (None, None) when it has none."""
+    """(kind, data) of the raw form of ``modality`` in a RawFrame: depth (float32 [H, W] metres) or points
+    (structured x, y, z, intensity float32); (None, None) when it has none."""
+    if raw is None:
+        return None, None
     if modality == "depth":
-        d = _get(raw, "depth", "metric_depth")
-        return ("depth", np.asarray(d, np.float32)) if d is not None else (None, None)
+        d = _get(raw, "depth_m", "depth")
+        return ("depth", np.ascontiguousarray(d, np.float32)) if d is not None else (None, None)
     if modality in ("lidar", "radar"):
-        p = _get(raw, modality, f"{modality}_points", "points" if modality == "lidar" else "__none__")
-        return ("points", _structured(p, ("x", "y", "z", "intensity"))) if p is not None else (None, None)
-    if modality == "event":
-        e = _get(raw, "events", "event")
-        return ("events", _structured(e, ("x", "y", "t", "polarity"))) if e is not None else (None, None)
+        p = _get(raw, f"{modality}_points")
+        return ("points", _structured(p, ("x", "y", "z", "intensity"), np.float32)) if p is not None else (None, None)
     return None, None
 
 
-def _structured(a: Any, names: Sequence[str]) -> np.ndarray:
+def _raw_events(raw: Any) -> np.ndarray | None:
+    e = _get(raw, "events")
+    return None if e is None else _structured(e, ("x", "y", "t", "polarity"), np.float64)
+
+
+def _structured(a: Any, names: Sequence[str], dtype: Any) -> np.ndarray:
     arr = np.asarray(a)
     if arr.dtype.names is not None:
         return arr
-    arr = np.asarray(arr, np.float32).reshape(len(arr), -1)
-    out = np.zeros(len(arr), np.dtype([(n, np.float32) for n in names[: arr.shape[1]]]))
-    for j, n in enumerate(names[: arr.shape[1]]):
+    arr = arr.reshape(len(arr), -1)
+    cols = names[: arr.shape[1]]
+    out = np.zeros(len(arr), np.dtype([(n, dtype) for n in cols]))
+    for j, n in enumerate(cols):
         out[n] = arr[:, j]
     return out
 
 
 def _raw_extrinsic(raw: Any, modality: str) -> np.ndarray | None:
     """4x4 T_camera_from_<modality> of a RawFrame, if it has one."""
-    t = _get(raw, f"T_camera_from_{modality}", f"{modality}_extrinsic")
-    if t is None:
-        ext = _get(raw, "extrinsics", default=None)
-        t = _get(ext, modality) if ext is not None else None
+    short = {"lidar": "lidar", "radar": "radar"}.get(modality, modality)
+    t = _get(raw, f"T_cam_from_{short}", f"T_camera_from_{short}")
     return None if t is None else np.asarray(t, np.float64).reshape(4, 4)
 
 
@@ -147,6 +157,7 @@ def write_bag(frames: Iterable[SourceFrame], spec: ModelSpec, out: str | Path, *
     period_ns = int(round(1e9 / rate))
     start_ns = int(round(start_s * 1e9))
     forms: dict[str, TopicForm] | None = None
+    events_raw = False
     n = 0
     with BagSink(out, target, overwrite=overwrite) as sink:
         ts = sink.typestore
@@ -157,13 +168,14 @@ def write_bag(frames: Iterable[SourceFrame], spec: ModelSpec, out: str | Path, *
         for frame in iterator:
             if forms is None:
                 forms = topic_forms(spec, frame.raw if raw else None)
-                _add_topics(sink, forms, raw)
+                events_raw = raw and "event" in spec.modality_names and _raw_events(frame.raw) is not None
+                _add_topics(sink, forms, raw, events_raw)
                 if raw:
                     _write_static_tf(sink, forms, frame.raw, start_ns)
             stamp = start_ns + n * period_ns
             rel = n / rate
             h, w = frame.label.shape[:2]
-            k = frame.K or M.pinhole_k(h, w)
+            k = frame.K or _raw_k(frame.raw, h, w) or M.pinhole_k(h, w)
             sink.write(CAMERA_INFO_TOPIC, stamp, M.camera_info(ts, k, h, w, stamp, CAMERA_FRAME))
             events: dict[str, list[str]] = {}
             for m in spec.modality_names:
@@ -186,6 +198,10 @@ def write_bag(frames: Iterable[SourceFrame], spec: ModelSpec, out: str | Path, *
                 if res.data is not payload:
                     events.setdefault(m, []).append("modified")
                 sink.write(form.topic, t_msg, msg)
+            if raw and events_raw:
+                ev = _raw_events(frame.raw)
+                if ev is not None:
+                    sink.write(EVENTS_TOPIC, stamp, M.pointcloud2(ts, ev, stamp, CAMERA_FRAME))
             sink.write(GT_TOPIC, stamp, M.image(ts, np.ascontiguousarray(frame.label), "mono8", stamp, CAMERA_FRAME))
             sink.write(INFO_TOPIC, stamp, M.frame_info(ts, {
                 "index": frame.index, "name": frame.name, "stamp_ns": stamp, "condition": frame.condition,
@@ -200,17 +216,29 @@ def write_bag(frames: Iterable[SourceFrame], spec: ModelSpec, out: str | Path, *
         sink.set_custom("spec", spec.to_json())
         sink.set_custom("topics", {
             "modalities": {m: f.as_dict() for m, f in forms.items()}, "camera_info": CAMERA_INFO_TOPIC,
-            "ground_truth": GT_TOPIC, "frame_info": INFO_TOPIC, "camera_frame": CAMERA_FRAME})
+            "ground_truth": GT_TOPIC, "frame_info": INFO_TOPIC, "camera_frame": CAMERA_FRAME,
+            "raw_events": EVENTS_TOPIC if events_raw else None})
         sink.set_custom("source", dict(source_info or {}, frames=n, rate=rate, start_ns=start_ns, raw=raw))
         sink.set_custom("injections", {"seed": seed, "items": injector.record()})
         counts = dict(sink.counts)
     return ConvertResult(Path(out), n, counts, time.perf_counter() - t_start, injector.record())
 
 
-def _add_topics(sink: BagSink, forms: dict[str, TopicForm], raw: bool) -> None:
+def _raw_k(raw: Any, h: int, w: int) -> list[float] | None:
+    cam = _get(raw, "camera") if raw is not None else None
+    if cam is None:
+        return None
+    if (int(cam.height), int(cam.width)) != (h, w):
+        cam = cam.scaled(w, h)
+    return [float(v) for v in np.asarray(cam.K).reshape(-1)]
+
+
+def _add_topics(sink: BagSink, forms: dict[str, TopicForm], raw: bool, events_raw: bool = False) -> None:
     sink.add_topic(CAMERA_INFO_TOPIC, M.CAMERA_INFO, QOS_SENSOR)
     for f in forms.values():
         sink.add_topic(f.topic, M.IMAGE if f.kind == "image" else M.POINTCLOUD2, QOS_SENSOR)
+    if events_raw:
+        sink.add_topic(EVENTS_TOPIC, M.POINTCLOUD2, QOS_SENSOR)
     sink.add_topic(GT_TOPIC, M.IMAGE, QOS_RELIABLE)
     sink.add_topic(INFO_TOPIC, M.STRING, QOS_RELIABLE)
     if raw and any(f.kind == "pointcloud2" and f.frame_id != CAMERA_FRAME for f in forms.values()):
@@ -223,7 +251,8 @@ def _write_static_tf(sink: BagSink, forms: dict[str, TopicForm], raw: Any, stamp
             continue
         t = _raw_extrinsic(raw, m)
         if t is None:
-            raise BagWriteError(f"--raw: modality {m} has points but the raw frame has no T_camera_from_{m}")
+            raise BagWriteError(f"--raw: modality {m} has points but the raw frame has no T_cam_from_{m}")
+        f.extrinsic = [float(v) for v in t.reshape(-1)]
         sink.write(TF_STATIC_TOPIC, stamp, M.static_transform(sink.typestore, t, CAMERA_FRAME, f.frame_id, stamp))
 
 
