@@ -2,7 +2,8 @@
 
 Checks (each configurable, each disabled by setting its threshold to 0 / None):
 
-* **frozen** — ``frozen_frames`` consecutive identical messages (a hung driver republishing its last frame);
+* **frozen** — ``frozen_frames`` consecutive identical messages (a hung driver republishing its last frame); an
+  empty event frame (no motion) never counts as frozen;
 * **black / saturated** camera — nearly every pixel dark (lens cap, night without lights) or blown out (sun);
 * **depth invalid** — mostly NaN / inf / <= 0 (metric float) or 0 (uint16 mm): a blinded or disconnected depth;
 * **too few points** — a LiDAR cloud with fewer finite points than ``min_points`` (occluded, rain, dropped packets);
@@ -108,7 +109,7 @@ class HealthMonitor:
         if not self.config.enabled:
             st.last = (True, "")
             return st.last
-        result = self._frozen(st, data)
+        result = None if kind == "events" and not np.any(data) else self._frozen(st, data)
         if result is None:
             if kind == "image":
                 result = self._image(modality, st, np.asarray(data))
