@@ -87,3 +87,10 @@ def make_tiny_deliver(root: str | Path, frames: int = 8, size: int = 64, seed: i
             return root
         print(f"[testdata] synthetic generator failed ({done.stderr.strip()[-300:]}); using the fallback writer")
     return write_fallback(root, frames, size, seed)
+
+
+def tiny_overrides(data_root: str | Path, **extra: object) -> list[str]:
+    """``--set`` overrides that turn ``config/train/tiny_test.yaml`` into a seconds-long run on ``data_root``."""
+    out = [f"data.root={data_root}"]
+    out += [f"{k}={v}" for k, v in extra.items()]
+    return out
