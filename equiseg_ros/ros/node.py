@@ -255,7 +255,9 @@ def build_node_class():
             except (codecs.DecodeError, ValueError) as exc:
                 self._camera_malformed += 1
                 if self._camera_malformed == 1:
-                    self.get_logger().warning(f"dropping malformed camera info: {exc}")
+                    reason = exc.reason if isinstance(exc, codecs.DecodeError) else str(exc)
+                    self.get_logger().warning(f"dropping malformed camera info on "
+                                              f"{self._resolve(self.values['camera_info_topic'])}: {reason}")
                 return
             self._camera_info, self._camera = msg, camera
 
@@ -436,7 +438,9 @@ def build_node_class():
                     self.get_logger().warning(warn)
 
         def destroy_node(self) -> None:
-            self._worker.stop()
+            worker = getattr(self, "_worker", None)  # absent when __init__ failed (bad configuration)
+            if worker is not None:
+                worker.stop()
             super().destroy_node()
 
     return PerceptionNode
