@@ -1,0 +1,146 @@
+"""The perception node's per-message path without DDS: decode -> health -> synchronise -> assemble -> infer.
+
+Offline bag evaluation (``python -m equiseg_ros.bag.evaluate``) must score exactly what the node would compute, so
+this module holds the node's message handling as plain Python over duck-typed messages (rclpy messages or the
+dataclasses ``rosbags`` deserialises) with an explicit clock ``now``. It is built from the very components the node
+uses - ``codecs`` (decoding, ``DecodeError`` -> malformed), ``sensors.health.HealthMonitor`` (frozen / black /
+saturated / invalid depth -> unhealthy), ``sync.Synchronizer`` (anchor + failover), ``_inputs.assemble`` (sensor
+front end: raw data -> the spec's representations -> ``x``/``present``) and the inference backend - configured from
+the node's parameter schema (``params.PARAMS`` + ``modality_params``, same defaults and checks).
+
+Intended to be the node's own message handling (``PerceptionNode._on_sensor/_decode/_assemble`` do the same steps
+in the same order); until the node delegates to it, :data:`MIRRORS` names the node revision it mirrors and
+``test/test_bag_evaluate.py`` checks both give the same masks on the same bag.
+What is deliberately different offline: every synchronised frame is inferred (the node's worker keeps only the
+newest frame when inference is slower than the sensors), and the node's 10 ms poll timer is emulated by the caller.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+from equiseg_ros.ros import _inputs, codecs
+from equiseg_ros.ros.node import Decoded
+from equiseg_ros.ros.params import PARAMS, check_all, modality_params
+from equiseg_ros.ros.sync import SyncedFrame, Synchronizer
+from equiseg_ros.sensors.health import HealthConfig, HealthMonitor
+from equiseg_ros.sensors.transforms_tf import extrinsic_from_param
+
+MIRRORS = "equiseg_ros/ros/node.py PerceptionNode._on_sensor/_decode/_poll/_process (1bb7eff)"
+POLL_PERIOD = 0.01  # the node's poll timer (s)
+
+
+@dataclass
+class FrameResult:
+    """One inferred frame: anchor stamp (s), anchor modality, labels/confidence [H, W], what was present/absent."""
+
+    stamp: float
+    anchor: str
+    labels: np.ndarray
+    confidence: np.ndarray
+    present: dict[str, bool]
+    absent: dict[str, str] = field(default_factory=dict)
+    stamp_ns: int = 0
+
+
+def decode(kind: str, msg: Any, topic: str, modality: str) -> Decoded:
+    """One sensor message -> Decoded (as ``PerceptionNode._decode``); DecodeError when malformed or empty."""
+    if kind == "image":
+        arr = codecs.image_to_numpy(msg, topic)
+        enc, nbytes = msg.encoding, len(msg.data)
+    elif kind == "compressed":
+        arr = codecs.compressed_image_to_numpy(msg, topic)
+        enc, nbytes = f"compressed:{msg.format}", len(msg.data)
+    else:
+        arr = codecs.pointcloud2_to_array(msg, topic)
+        enc, nbytes = "pointcloud2", len(msg.data)
+    if arr.size == 0:
+        raise codecs.DecodeError(topic, "empty message (no pixels / points)")
+    return Decoded(modality, kind, arr, enc, msg.header, nbytes)
+
+
+class FramePipeline:
+    """The node's pipeline for one model. ``params`` are node parameters (dotted names), validated like the node."""
+
+    def __init__(self, backend: Any, params: Mapping[str, Any] | None = None) -> None:
+        self.backend = backend
+        self.spec = backend.spec
+        self.modalities = list(self.spec.modality_names)
+        raw = {"model_path": str(getattr(backend, "path", "") or "model")}
+        raw.update(params or {})
+        defs = PARAMS + modality_params(self.modalities)
+        known = {p.name for p in defs}
+        unknown = sorted(set(raw) - known - {"use_sim_time"})
+        if unknown:
+            raise ValueError(f"unknown node parameter(s) {unknown}")
+        self.values = v = check_all(raw, defs, self.modalities)
+        self.sync = Synchronizer(self.modalities, priority=v["sync.priority"] or None, slop=v["sync.slop"],
+                                 max_age=v["sync.max_age"], buffer=v["sync.buffer"])
+        self.health = HealthMonitor(HealthConfig(
+            enabled=v["health.enabled"], frozen_frames=v["health.frozen_frames"], min_points=v["health.min_points"],
+            black_fraction=v["health.black_fraction"], saturated_fraction=v["health.saturated_fraction"],
+            depth_invalid_fraction=v["health.depth_invalid_fraction"], noise_ratio=v["health.noise_ratio"]))
+        self.kinds = {m: v[f"inputs.{m}.type"] for m in self.modalities}
+        self.topics = {m: v[f"inputs.{m}.topic"] for m in self.modalities}
+        self.extrinsics = {m: extrinsic_from_param(v[f"inputs.{m}.extrinsic"], f"inputs.{m}.extrinsic")
+                           if v.get(f"inputs.{m}.extrinsic") else None for m in self.modalities}
+        self.representation = {m.name: m.representation for m in self.spec.modalities}
+        self.camera: Any = None
+        self.camera_info: Any = None
+        self.malformed: dict[str, int] = dict.fromkeys(self.modalities, 0)
+        self.unhealthy: dict[str, int] = dict.fromkeys(self.modalities, 0)
+        self.conversion_failed: dict[str, int] = dict.fromkeys(self.modalities, 0)
+        self.camera_malformed = 0
+
+    # ---- inputs (the node's executor-thread callbacks) ----------------------------------------------------------
+    def on_camera_info(self, msg: Any) -> None:
+        try:
+            camera = codecs.camera_info_to_camera(msg, self.values["camera_info_topic"])
+        except (codecs.DecodeError, ValueError):
+            self.camera_malformed += 1
+            return
+        self.camera_info, self.camera = msg, camera
+
+    def on_sensor(self, modality: str, msg: Any, now: float) -> str | None:
+        """Decode, health-check and buffer one message; returns why it was not buffered (None when it was)."""
+        try:
+            stamp = codecs.stamp_to_sec(msg.header)
+            dec = decode(self.kinds[modality], msg, self.topics[modality], modality)
+            if not np.isfinite(stamp):
+                raise codecs.DecodeError(self.topics[modality], "non-finite header stamp")
+        except (codecs.DecodeError, ValueError, TypeError, AttributeError) as exc:
+            self.sync.mark_malformed(modality, now)
+            self.malformed[modality] += 1
+            return f"malformed: {exc}"
+        ok, why = self.health.check(modality, _inputs.health_kind(self.representation[modality], dec.kind, dec.data),
+                                    dec.data)
+        if not ok:
+            self.sync.mark_unhealthy(modality, why, now)
+            self.unhealthy[modality] += 1
+            return f"unhealthy: {why}"
+        self.sync.mark_healthy(modality)
+        self.sync.push(modality, stamp, dec, now)
+        return None
+
+    def poll(self, now: float) -> SyncedFrame | None:
+        return self.sync.poll(now)
+
+    # ---- the worker's step ------------------------------------------------------------------------------------
+    def assemble(self, frame: SyncedFrame) -> tuple[np.ndarray, np.ndarray]:
+        x, present, failed = _inputs.assemble(self.spec, tuple(self.backend.input_size), frame.items, self.camera,
+                                              self.extrinsics)
+        for m in failed:
+            self.conversion_failed[m] += 1
+        return x, present
+
+    def infer(self, frame: SyncedFrame) -> FrameResult:
+        x, present = self.assemble(frame)
+        labels, conf = self.backend.infer(x, present)
+        anchor = frame.items[frame.anchor]
+        stamp_ns = int(anchor.header.stamp.sec) * 1_000_000_000 + int(anchor.header.stamp.nanosec)
+        return FrameResult(stamp=frame.stamp, anchor=frame.anchor, labels=np.asarray(labels[0]),
+                           confidence=np.asarray(conf[0]),
+                           present={m: bool(p) for m, p in zip(self.modalities, present[0])},
+                           absent=dict(frame.absent), stamp_ns=stamp_ns)
