@@ -267,8 +267,10 @@ def build_node_class():
                 arr = codecs.image_to_numpy(msg, topic)
                 enc, nbytes = msg.encoding, len(msg.data)
             elif kind == "compressed":
-                arr = codecs.compressed_image_to_numpy(msg, topic)
-                enc, nbytes = f"compressed:{msg.format}", len(msg.data)
+                arr = codecs.compressed_image_to_numpy(msg, topic)  # colour comes back RGB
+                enc = {(np.dtype(np.uint8), 3): "rgb8", (np.dtype(np.uint8), 2): "mono8"}.get(
+                    (arr.dtype, arr.ndim), f"compressed:{msg.format}")
+                nbytes = len(msg.data)
             else:
                 arr = codecs.pointcloud2_to_array(msg, topic)
                 enc, nbytes = "pointcloud2", len(msg.data)
@@ -342,20 +344,18 @@ def build_node_class():
             size = labels.shape
             if v["output.resize_to_camera"] and self._camera_info is not None:
                 size = (int(self._camera_info.height), int(self._camera_info.width))
+            mask = render.resize_nearest(labels, size)
             if self.pub_mask.get_subscription_count() > 0:
-                self.pub_mask.publish(codecs.fill_image(Image(), render.resize_nearest(labels, size), "mono8",
-                                                        header))
+                self.pub_mask.publish(codecs.fill_image(Image(), mask, "mono8", header))
             if self.pub_overlay.get_subscription_count() > 0:
                 base = None
                 rgb = frame.items.get(self._rgb_modality) if self._rgb_modality else None
                 if rgb is not None and rgb.kind != "pointcloud2":
                     try:
-                        base = codecs.to_rgb8(rgb.data, rgb.encoding.replace("compressed:", "rgb8" if
-                                                                             rgb.kind == "compressed" else ""))
+                        base = codecs.to_rgb8(rgb.data, rgb.encoding)
                     except codecs.DecodeError:
                         base = None
-                img = render.overlay(render.resize_nearest(labels, size), self._lut, base, v["output.overlay_alpha"],
-                                     self.spec.ignore_index)
+                img = render.overlay(mask, self._lut, base, v["output.overlay_alpha"], self.spec.ignore_index)
                 self.pub_overlay.publish(codecs.fill_image(Image(), img, "rgb8", header))
             if self.pub_conf.get_subscription_count() > 0:
                 enc = v["output.confidence_encoding"]
@@ -430,10 +430,11 @@ def build_node_class():
 
         def _check_transport(self) -> None:
             t = time.monotonic()
+            stats = self.sync.stats()
             for m in self.modalities:
                 topic = self._topics[m]
-                warn = self._transport.check_silent(topic, self.count_publishers(topic), self.sync.stats()[m].received
-                                                    + self.sync.stats()[m].malformed, t)
+                warn = self._transport.check_silent(topic, self.count_publishers(topic),
+                                                    stats[m].received + stats[m].malformed, t)
                 if warn:
                     self.get_logger().warning(warn)
 

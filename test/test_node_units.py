@@ -1,0 +1,222 @@
+"""The node's pure parts without DDS: parameter schema and YAML, rendering, newest-frame worker, diagnostics,
+transport warnings and the conversion of decoded messages to the model input."""
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+from equiseg_ros.ros import _inputs, overlay
+from equiseg_ros.ros import diagnostics as diag
+from equiseg_ros.ros._stats import Window
+from equiseg_ros.ros._transport import TransportWatch
+from equiseg_ros.ros.params import (
+    PARAMS,
+    ParamError,
+    check_all,
+    check_value,
+    flatten,
+    modality_params,
+)
+from equiseg_ros.ros.worker import InferenceWorker, LatestSlot
+from equiseg_ros.sensors.geometry import CameraModel
+from equiseg_ros.spec import synthetic_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+MODS = ["rgb", "depth", "event", "lidar"]
+
+
+# ---- parameters ----------------------------------------------------------------------------------------------
+def _yaml_values() -> dict:
+    data = yaml.safe_load((ROOT / "config" / "perception.yaml").read_text())
+    return flatten(data["/**"]["ros__parameters"])
+
+
+def test_params_yaml_documents_exactly_the_schema_and_validates():
+    values = _yaml_values()
+    defs = PARAMS + modality_params(MODS)
+    assert set(values) == {p.name for p in defs}
+    text = (ROOT / "config" / "perception.yaml").read_text()
+    for p in PARAMS:  # every leaf has a comment line right above it or above its block
+        leaf = p.name.split(".")[-1]
+        assert f"{leaf}:" in text
+    with pytest.raises(ParamError, match="model_path: is required"):
+        check_all(values, defs, MODS)
+    ok = check_all({**values, "model_path": "m.onnx"}, defs, MODS)
+    assert ok["sync.priority"] == [] and ok["inputs.lidar.extrinsic"] == []
+    for p in PARAMS:  # the YAML's values are the schema defaults (one source of truth)
+        if p.name != "model_path":
+            assert ok[p.name] == p.default, p.name
+
+
+@pytest.mark.parametrize("name,value,fragment", [
+    ("output.overlay_alpha", 1.5, "output.overlay_alpha: must be in [0, 1], got 1.5"),
+    ("output.overlay_alpha", "half", "output.overlay_alpha: expected float, got str"),
+    ("qos.reliability", "maybe", "qos.reliability: must be one of ['best_effort', 'reliable'], got 'maybe'"),
+    ("qos.depth", 0, "qos.depth: must be in [1, 100], got 0"),
+    ("sync.slop", 0.0, "sync.slop: must be in (0, 1], got 0.0"),
+    ("backend.prefer", ["cuda"], "backend.prefer: unknown backend(s) ['cuda']"),
+    ("camera_info_topic", "a b", "camera_info_topic: topic names cannot contain spaces"),
+])
+def test_params_reject_with_clear_messages(name, value, fragment):
+    p = next(p for p in PARAMS if p.name == name)
+    msg = check_value(p, value)
+    assert msg is not None and fragment in msg
+    assert check_value(p, p.default) is None or name == "model_path"
+
+
+def test_params_cross_checks_and_modality_params():
+    base = {p.name: p.default for p in PARAMS} | {"model_path": "m.onnx"}
+    with pytest.raises(ParamError, match="sync.slop: must be smaller than sync.max_age"):
+        check_all(base | {"sync.slop": 0.5, "sync.max_age": 0.4}, PARAMS)
+    with pytest.raises(ParamError, match=r"sync.priority: \['radar'\] not in the model's modalities"):
+        check_all(base | {"sync.priority": ["radar"]}, PARAMS, MODS)
+    assert check_all(base | {"sync.slop": 1, "sync.max_age": 2}, PARAMS)["sync.slop"] == 1.0  # int -> float
+    defs = modality_params(["lidar"])
+    ext = next(p for p in defs if p.name.endswith("extrinsic"))
+    assert check_value(ext, [0, 0, 0, 0, 0, 0, 1]) is None  # tx ty tz qx qy qz qw
+    assert "last row" in check_value(ext, [1.0] * 16)
+    typ = next(p for p in defs if p.name.endswith("type"))
+    assert "must be one of" in check_value(typ, "laserscan")
+
+
+# ---- rendering ---------------------------------------------------------------------------------------------
+def test_mask_resize_keeps_ids_and_overlay_blends():
+    spec = synthetic_spec()
+    lut = spec.palette_array()
+    labels = np.zeros((8, 8), np.uint8)
+    labels[:, 4:] = 6
+    labels[0, 0] = 255
+    big = overlay.resize_nearest(labels, (24, 32))
+    assert big.shape == (24, 32) and set(np.unique(big)) == {0, 6, 255}
+    image = np.full((16, 16, 3), 100, np.uint8)
+    out = overlay.overlay(labels, lut, image, 0.5)
+    expect = (0.5 * np.asarray(spec.palette[6]) + 50).round()
+    assert np.abs(out[4, 6].astype(float) - expect).max() <= 1
+    assert (out[0, 0] == 100).all()  # unlabeled pixels show the image
+    assert (overlay.overlay(labels, lut, image, 0.0)[4, 6] == 100).all()
+    assert (overlay.overlay(labels, lut, None, 1.0)[4, 6] == spec.palette[6]).all()
+    conf = np.array([[0.0, 0.5, 1.0]], np.float32)
+    assert overlay.confidence_image(conf, "mono8").tolist() == [[0, 128, 255]]
+    assert overlay.confidence_image(conf, "32FC1").dtype == np.float32
+
+
+# ---- newest-frame worker -------------------------------------------------------------------------------------
+def test_latest_slot_keeps_only_the_newest():
+    slot: LatestSlot[int] = LatestSlot()
+    assert slot.put(1) is False and slot.put(2) is True and slot.put(3) is True
+    assert slot.take(0.01) == 3 and slot.take(0.01) is None and slot.replaced == 2
+
+
+def test_worker_runs_newest_frame_off_thread_with_bounded_lag():
+    done: list[tuple[int, float, str]] = []
+
+    def slow(item: tuple[int, float]) -> None:
+        time.sleep(0.05)
+        done.append((item[0], time.monotonic() - item[1], threading.current_thread().name))
+
+    w = InferenceWorker(slow).start()
+    for i in range(40):  # 200 Hz producer, 20 Hz consumer
+        w.submit((i, time.monotonic()))
+        time.sleep(0.005)
+    time.sleep(0.15)
+    w.stop()
+    assert done[-1][0] == 39, "the newest frame is always processed"
+    assert w.processed + w.dropped == 40 and w.dropped >= 25
+    assert max(lag for _, lag, _ in done) < 0.2  # <= one running + one waiting frame
+    assert all(name == "equiseg-inference" for *_, name in done)
+
+
+def test_worker_survives_errors():
+    errors: list[str] = []
+
+    def bad(item: int) -> None:
+        if item == 1:
+            raise ValueError("boom")
+
+    w = InferenceWorker(bad, on_error=errors.append).start()
+    for i in range(3):
+        w.submit(i)
+        time.sleep(0.05)
+    w.stop()
+    assert w.errors == 1 and "ValueError: boom" in w.last_error and errors and w.processed == 2
+
+
+# ---- diagnostics and stats --------------------------------------------------------------------------------
+def test_diagnostics_round_trip_and_levels():
+    s = diag.sensor_status("/n", diag.SensorReport("depth", "/depth/image", "stale", "last message 0.8 s ago",
+                                                   rate_hz=0.0, age_s=0.8, received=10))
+    assert s["level"] == diag.WARN and s["message"].startswith("stale: last message")
+    i = diag.inference_status("/n", diag.InferenceReport("onnxruntime", "cpu", "m.onnx", (64, 64), 12.0, 20.0,
+                                                         rate_hz=9.5, dropped_frames=3, modalities_present="RDL"))
+    assert i["level"] == diag.OK and i["values"]["latency_p95_ms"] == "20"
+    from builtin_interfaces.msg import Time
+
+    back = diag.from_msg(diag.to_msg([s, i], Time(sec=5)))
+    assert back == [s, i]
+
+
+def test_window_rate_and_percentiles():
+    w = Window(1.0)
+    for k in range(11):
+        w.add(10.0 + k * 0.1, k)
+    assert w.rate(11.0) == pytest.approx(10.0, rel=0.05)
+    p50, p95 = w.percentiles(11.0)
+    assert p50 == pytest.approx(5.0) and p95 > 9
+    w.add(3.0)  # time went backwards: history dropped
+    assert w.count(3.0) == 1
+
+
+def test_transport_watch_warns_once():
+    tw = TransportWatch(large_bytes=1000, late_threshold=0.05, silent_timeout=2.0, samples=3)
+    assert tw.observe("/a", 10, 1.0) is None  # small frames are not watched
+    msgs = [tw.observe("/a", 5000, 0.2) for _ in range(5)]
+    assert sum(m is not None for m in msgs) == 1 and "fastdds_shm.xml" in next(m for m in msgs if m)
+    assert tw.check_silent("/b", 1, 0, 0.0) is None
+    warn = tw.check_silent("/b", 1, 0, 2.5)
+    assert warn and "best-effort" in warn and tw.check_silent("/b", 1, 0, 5.0) is None
+
+
+# ---- decoded messages -> model input ---------------------------------------------------------------------------
+def _item(kind, data, encoding):
+    return SimpleNamespace(kind=kind, data=data, encoding=encoding)
+
+
+def test_assemble_converts_every_input_kind_like_the_training_data():
+    spec = synthetic_spec()
+    cam = CameraModel.pinhole(40.0, 40.0, 24.0, 18.0, 48, 36)
+    rgb = np.random.default_rng(0).integers(0, 255, (36, 48, 3), dtype=np.uint8)
+    depth = np.full((36, 48), 5.0, np.float32)
+    ev = np.zeros((36, 48, 3), np.uint8)
+    ev[10, 10] = (3, 0, 0)
+    pts = np.zeros(2000, dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("intensity", "<f4")])
+    pts["z"] = np.linspace(2, 30, 2000)
+    items = {"rgb": _item("image", rgb, "rgb8"), "depth": _item("image", depth, "32FC1"),
+             "event": _item("compressed", ev, "rgb8"), "lidar": _item("pointcloud2", pts, "pointcloud2")}
+    x, present, failed = _inputs.assemble(spec, (32, 32), items, cam, {"lidar": None})
+    assert x.shape == (1, 4, 3, 32, 32) and present.all() and not failed
+    want = spec.normalize("rgb", cv2.resize(rgb, (32, 32), interpolation=cv2.INTER_LINEAR))
+    np.testing.assert_allclose(x[0, 0], want, atol=1e-6)
+    from equiseg_ros.sensors.depth import depth_to_image
+
+    hha = depth_to_image(np.full((32, 32), 5.0, np.float32), "hha", cam.scaled(32, 32))
+    np.testing.assert_allclose(x[0, 1], spec.normalize("depth", hha), atol=1e-6)
+    assert np.count_nonzero(x[0, 3]) > 0  # LiDAR hits projected into the camera
+    # without CameraInfo a point cloud cannot be projected: absent with a reason, the rest still present
+    x2, present2, failed2 = _inputs.assemble(spec, (32, 32), {**items, "event": None}, None, {})
+    assert present2.tolist() == [[True, True, False, False]] and "camera_info" in failed2["lidar"]
+    assert not x2[0, 2].any() and not x2[0, 3].any()  # absent = zero-filled
+
+
+def test_health_kind_routing():
+    assert _inputs.health_kind("rgb8", "image", np.zeros((2, 2, 3), np.uint8)) == "image"
+    assert _inputs.health_kind("hha", "image", np.zeros((2, 2), np.float32)) == "depth"
+    assert _inputs.health_kind("hha", "image", np.zeros((2, 2, 3), np.uint8)) == "other"
+    assert _inputs.health_kind("lidar_image", "pointcloud2", np.zeros(2)) == "pointcloud"
+    assert _inputs.health_kind("event_frame", "compressed", np.zeros((2, 2, 3), np.uint8)) == "events"
