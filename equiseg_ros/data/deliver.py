@@ -11,7 +11,8 @@ Facts followed from the reference loader (DELIVER ``semseg/datasets/deliver.py``
 - the event image is resized NEAREST to the frame size (the low-resolution-event corner case); we resize any other
   modality whose size differs with its representation's interpolation instead of failing later in a collate;
 - labels are channel 0 of the semantic PNG: raw 0 and 255 -> 255 (ignore), raw k in 1..25 -> class k - 1;
-- conditions and corner cases are selected by substring of the path, as the reference's ``case`` does.
+- corner cases are selected by substring of the path, as the reference's ``case`` does; conditions by the
+  condition folder (a substring test would find "rain" in every ``train`` path).
 """
 from __future__ import annotations
 
@@ -81,8 +82,8 @@ class DeliverReader:
         files = sorted(glob.glob(pattern))
         if not files:
             raise FileNotFoundError(f"DeLiVER {split!r}: no RGB frames match {pattern}")
-        if conditions:
-            files = [f for f in files if any(c in f for c in conditions)]
+        if conditions:  # by the condition folder: a substring test (the reference's) matches "rain" in "train"
+            files = [f for f in files if Path(f).relative_to(self.root / "img").parts[0] in conditions]
         if corner_cases:
             files = [f for f in files if any(c in f for c in corner_cases)]
         if not files:

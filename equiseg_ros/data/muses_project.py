@@ -233,7 +233,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="value type of the LiDAR .bin files (the SDK reads float64)")
     ap.add_argument("--lidar-dilation", type=int, default=0, help="square dilation kernel for LiDAR (SDK: 2)")
     ap.add_argument("--radar-dilation", type=int, default=0, help="square dilation kernel for radar (SDK: 10)")
-    ap.add_argument("--radar-threshold", type=float, default=0.0, help="minimum radar FFT magnitude (SDK: 0)")
+    ap.add_argument("--radar-threshold", type=float, default=0.0,
+                    help="minimum radar FFT magnitude; the SDK's default 0 keeps every range bin of a valid "
+                         "azimuth, its motion-compensation script uses 75 (default 0)")
     ap.add_argument("--split", default=None, help="only entries whose meta 'split' equals this")
     a = ap.parse_args(argv)
     sensors = [s.strip() for s in a.sensors.split(",") if s.strip()]
