@@ -142,7 +142,8 @@ def _drive(scenario: dict[str, Any], out_path: str) -> None:
     node_name = scenario.get("node", NODE)
     rate = float(scenario.get("rate", 15.0))
     sim = bool(scenario.get("sim_time", False))
-    scene = Scene(tuple(scenario.get("camera_hw", CAMERA_HW)), seed=scenario.get("seed", 1))
+    scene = Scene(tuple(scenario.get("camera_hw", CAMERA_HW)), points=int(scenario.get("points", 1500)),
+                  seed=scenario.get("seed", 1))
     sensor_qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT
                             if scenario.get("sensor_reliability", "best_effort") == "best_effort"
                             else ReliabilityPolicy.RELIABLE)
@@ -161,7 +162,7 @@ def _drive(scenario: dict[str, Any], out_path: str) -> None:
         arr = codecs.image_to_numpy(msg, key)
         entry = {"recv": now(), "stamp": codecs.stamp_to_sec(msg.header), "phase": phase_name[0],
                  "hw": list(arr.shape[:2]), "encoding": msg.encoding, "frame_id": msg.header.frame_id}
-        if key == "masks":
+        if key == "masks" and scenario.get("mask_ids", True):
             entry["ids"] = sorted(int(v) for v in np.unique(arr))
         record[key].append(entry)
 
@@ -210,36 +211,58 @@ def _drive(scenario: dict[str, Any], out_path: str) -> None:
     counts = dict.fromkeys(list(pubs) + ["camera_info"], 0)
     k = 0
 
-    def publish_frame(ph: dict[str, Any], t: float, k: int, j: int) -> None:
-        stamp = ros_time(t)
+    event_raw = bool(scenario.get("event_raw", False))
+    pregen = int(scenario.get("pregen", 0))
+    cache: dict[tuple[str, int], Any] = {}
+
+    def make(m: str, kk: int, frozen: bool) -> Any:
+        """A fresh sensor message of modality ``m`` (content index ``kk``); cached when ``pregen`` is set."""
+        key = (m, kk % pregen if pregen else kk)
+        if pregen and key in cache and not frozen:
+            return cache[key]
+        if m == "rgb":
+            msg = codecs.fill_image(Image(), scene.rgb(kk), "rgb8")
+        elif m == "depth":
+            msg = codecs.fill_image(Image(), scene.depth(kk), "32FC1")
+        elif m == "event" and event_raw:
+            msg = codecs.fill_image(Image(), scene.rgb(kk + 17)[:, :, ::-1].copy(), "rgb8")
+        elif m == "event":
+            msg = CompressedImage(format="png", data=_frozen_png(scene) if frozen else scene.event_png(kk))
+        else:
+            cloud = _frozen_cloud(scene) if frozen else scene.cloud(kk)
+            msg = codecs.fill_pointcloud2(PointCloud2(), cloud, PointField)
+        if pregen and not frozen:
+            cache[key] = msg
+        return msg
+
+    if pregen:
+        for kk in range(pregen):
+            for m in pubs:
+                make(m, kk, False)
+
+    def publish_frame(ph: dict[str, Any], k: int, j: int) -> None:
         drop = set(ph.get("drop", []))
         freeze = set(ph.get("freeze", []))
         bad = set(ph.get("malformed", []))
         bad_now = bad and j % 2 == 0  # every other frame malformed, the rest good: masks keep coming
         shuffle = set(ph.get("shuffle", []))
-        for m, pub in pubs.items():
+        msgs = {}
+        for m in pubs:
             if m in drop:
                 continue
-            kk = 0 if m in freeze else k
+            msg = make(m, 0 if m in freeze else k, m in freeze)
+            if m in bad and bad_now:
+                msg = _copy_msg(msg)
+                _break(m, msg, (j // 2))
+            msgs[m] = msg
+        stamp = ros_time(now())  # stamped like a driver: at capture, right before publishing
+        for m, msg in msgs.items():
             st = stamp
             if m in shuffle:  # swap pairs of stamps: ..., t1, t0, t3, t2, ...
                 st = stamp + (1.0 / rate if j % 2 == 0 else -1.0 / rate)
-            hdr_frame = "camera" if m != "lidar" else "lidar"
-            if m == "rgb":
-                msg = codecs.fill_image(Image(), scene.rgb(kk), "rgb8")
-            elif m == "depth":
-                msg = codecs.fill_image(Image(), scene.depth(kk), "32FC1")
-            elif m == "event":
-                msg = CompressedImage(format="png", data=scene.event_png(kk) if m not in freeze else
-                                      _frozen_png(scene))
-            else:
-                cloud = scene.cloud(kk) if m not in freeze else _frozen_cloud(scene)
-                msg = codecs.fill_pointcloud2(PointCloud2(), cloud, PointField)
-            if m in bad and bad_now:
-                _break(m, msg, (j // 2))
             msg.header.stamp = to_time(st)
-            msg.header.frame_id = hdr_frame
-            pub.publish(msg)
+            msg.header.frame_id = "lidar" if m == "lidar" else "camera"
+            pubs[m].publish(msg)
             counts[m] += 1
         info = CameraInfo(height=scene.h, width=scene.w)
         info.k = [80.0, 0.0, scene.w / 2, 0.0, 80.0, scene.h / 2, 0.0, 0.0, 1.0]
@@ -283,7 +306,7 @@ def _drive(scenario: dict[str, Any], out_path: str) -> None:
             if pub_clock is not None:
                 pub_clock.publish(Clock(clock=to_time(ros_time(t))))
             if t >= next_t:
-                publish_frame(ph, t, k, j)
+                publish_frame(ph, k, j)
                 k += 1
                 j += 1
                 next_t += 1.0 / rate
@@ -301,6 +324,13 @@ def _drive(scenario: dict[str, Any], out_path: str) -> None:
 
 
 _FROZEN: dict[str, Any] = {}
+
+
+def _copy_msg(msg: Any) -> Any:
+    """A copy of an rclpy message (cached messages must stay intact when one copy is broken)."""
+    from rclpy.serialization import deserialize_message, serialize_message
+
+    return deserialize_message(serialize_message(msg), type(msg))
 
 
 def _frozen_png(scene: Scene) -> bytes:
