@@ -25,6 +25,8 @@ TOOLS: tuple[Tool, ...] = (
     Tool("python training/export.py", "training.export", "export a checkpoint to ONNX (and a TensorRT engine)"),
     Tool("python -m equiseg_ros.inference.bench", "equiseg_ros.inference.bench",
          "latency and throughput per inference backend"),
+    Tool("python -m equiseg_ros.inference.build_engine", "equiseg_ros.inference.build_engine",
+         "build or verify the TensorRT engine (+ sidecar) for an exported ONNX on this machine"),
     Tool("perception_node / ros2 launch equiseg_ros perception.launch.py", "equiseg_ros.ros.node",
          "the ROS 2 segmentation node"),
     Tool("python -m equiseg_ros.bag.convert", "equiseg_ros.bag.convert", "dataset -> rosbag2 with failure injection"),
