@@ -53,17 +53,26 @@ class HealthConfig:
                 raise ValueError(f"health.{name}: must be in [0, 1], got {v}")
 
 
-def estimate_noise_sigma(gray: np.ndarray, row_stride: int = 4) -> float:
-    """Noise sigma of a grey image (Immerkær 1996: mean |I * M| with M = [[1,-2,1],[-2,4,-2],[1,-2,1]]).
+def estimate_noise_sigma(image: np.ndarray, row_stride: int = 4) -> float:
+    """Noise sigma of an image (Immerkær 1996: mean |I * M| with M = [[1,-2,1],[-2,4,-2],[1,-2,1]]).
 
-    The mask cancels planar structure, so edges cost little. Evaluated on row triplets every ``row_stride`` rows.
+    The mask cancels planar structure, so edges cost little. Evaluated on row triplets every ``row_stride`` rows;
+    colour images are converted to grey on those rows only (a full-frame conversion costs more than the estimate).
     """
-    g = np.asarray(gray, np.float32)
-    H, W = g.shape[:2]
+    a = np.asarray(image)
+    H, W = a.shape[:2]
     if H < 3 or W < 3:
         return 0.0
     starts = np.arange(0, H - 2, max(int(row_stride), 1))
-    r0, r1, r2 = g[starts], g[starts + 1], g[starts + 2]
+    rows = a[np.stack([starts, starts + 1, starts + 2])]  # [3, n, W(, C)]
+    if rows.ndim == 4:  # explicit channel sum: numpy reductions over a length-3 inner axis are slow
+        g = rows[..., 0].astype(np.float32)
+        for c in range(1, rows.shape[3]):
+            g += rows[..., c]
+        g /= rows.shape[3]
+    else:
+        g = rows.astype(np.float32)
+    r0, r1, r2 = g[0], g[1], g[2]
     conv = ((r0[:, :-2] + r0[:, 2:] + r2[:, :-2] + r2[:, 2:])
             - 2.0 * (r0[:, 1:-1] + r2[:, 1:-1] + r1[:, :-2] + r1[:, 2:]) + 4.0 * r1[:, 1:-1])
     return float(np.sqrt(np.pi / 2.0) / 6.0 * np.mean(np.abs(conv)))
@@ -165,10 +174,11 @@ class HealthMonitor:
         if c.saturated_fraction and np.count_nonzero(lo >= c.saturated_level) >= c.saturated_fraction * lo.size:
             return False, f"saturated: >= {c.saturated_fraction:.0%} of pixels >= {c.saturated_level}"
         if c.noise_ratio:
-            gray = img if img.ndim == 2 else img[..., :3].mean(axis=2, dtype=np.float32)
+            colour = img[..., :3] if img.ndim == 3 else img
+            # about 64 row triplets whatever the resolution: plenty of pixels for a sigma, a few ms at 1024²
+            sigma = estimate_noise_sigma(colour, row_stride=max(s, colour.shape[0] // 64))
             if img.dtype == np.uint16:
-                gray = np.asarray(gray, np.float32) / 257.0
-            sigma = estimate_noise_sigma(gray, row_stride=s)
+                sigma /= 257.0
             base = c.noise_baseline.get(modality) or st.baseline
             if base is None:
                 st.sigmas.append(sigma)
