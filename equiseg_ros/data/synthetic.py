@@ -336,37 +336,40 @@ def parse_splits(text: str) -> list[tuple[str, float]]:
     return [(n, f / total) for n, f in out]
 
 
+def _split_counts(n: int, splits: Sequence[tuple[str, float]]) -> list[int]:
+    """Scenes per split: largest remainder, and at least one scene for every split with a positive fraction."""
+    raw = [f * n for _, f in splits]
+    counts = [int(np.floor(r)) for r in raw]
+    for i in sorted(range(len(raw)), key=lambda i: counts[i] - raw[i])[: n - sum(counts)]:
+        counts[i] += 1
+    for i, (_, f) in enumerate(splits):
+        if f > 0 and counts[i] == 0 and n >= len(splits):
+            j = int(np.argmax(counts))
+            counts[j] -= 1
+            counts[i] += 1
+    return counts
+
+
 def plan(frames: int, seed: int, splits: Sequence[tuple[str, float]], conditions: Sequence[str] = CONDITIONS,
          corner_rate: float = 0.25, frames_per_scene: int = FRAMES_PER_SCENE) -> list[FrameSpec]:
-    """Frames grouped into scenes; each scene has one condition (round robin) and split (by fraction, per
-    condition so every split sees every condition); about ``corner_rate`` of the scenes get a corner case."""
+    """Frames grouped into scenes of ``frames_per_scene``; conditions round robin over scenes; splits are
+    consecutive blocks of scenes (so a split with at least as many scenes as conditions sees every condition, and
+    no scene is shared between splits); about ``corner_rate`` of the scenes get a corner case."""
     rng = np.random.default_rng([seed, 1])
     n_scenes = max(1, -(-frames // frames_per_scene))
     scene_split = []
-    # interleave splits so every condition appears in every split: split by scene index within each condition
-    per_cond: dict[str, int] = {}
-    for s in range(n_scenes):
-        cond = conditions[s % len(conditions)]
-        k = per_cond.get(cond, 0)
-        per_cond[cond] = k + 1
-        scene_split.append((cond, k))
-    n_per_cond = {c: per_cond[c] for c in per_cond}
+    for (name, _), count in zip(splits, _split_counts(n_scenes, splits)):
+        scene_split += [name] * count
     specs = []
     idx = 0
-    for s, (cond, k) in enumerate(scene_split):
-        # split by the scene's rank within its condition
-        pos, acc, split = (k + 0.5) / n_per_cond[cond], 0.0, splits[-1][0]
-        for name, frac in splits:
-            acc += frac
-            if pos < acc:
-                split = name
-                break
+    for s in range(n_scenes):
+        cond = conditions[s % len(conditions)]
         case = CORNER_CASES[rng.integers(len(CORNER_CASES))] if rng.random() < corner_rate else None
         scene = f"SYN_{s:04d}" + (f"_{case}" if case else "")
         for j in range(frames_per_scene):
             if idx >= frames:
                 break
-            specs.append(FrameSpec(idx, s, scene, split, cond, case, j, seed))
+            specs.append(FrameSpec(idx, s, scene, scene_split[s], cond, case, j, seed))
             idx += 1
     return specs
 
