@@ -325,7 +325,7 @@ def write_contact_sheet(bag: Path, masks: dict[int, np.ndarray], out: Path, per_
             except codecs.DecodeError:
                 continue  # an injected malformed message: shown as a black tile
             inputs.setdefault(k, {})[image_topics[conn.topic]] = _viewable(arr)
-    names = list(layout)
+    names = [m for m in spec.modality_names if m in layout]
 
     def fit(img: np.ndarray | None) -> np.ndarray:
         if img is None:
