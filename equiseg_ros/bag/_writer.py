@@ -88,7 +88,7 @@ class BagSink:
         if self.path.exists():
             if not overwrite:
                 raise BagWriteError(f"{self.path}: exists; pass --overwrite to replace it (never done silently)")
-            if not (self.path / "metadata.yaml").exists() and any(self.path.iterdir()):
+            if not _looks_like_bag(self.path):
                 raise BagWriteError(f"{self.path}: exists and is not a rosbag2 directory; refusing to delete it")
             shutil.rmtree(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -135,6 +135,16 @@ class BagSink:
             self.close()
         else:
             self.abort()
+
+
+def _looks_like_bag(path: Path) -> bool:
+    """A directory --overwrite may delete: a rosbag2 (metadata.yaml) or only storage files (an interrupted write)."""
+    if not path.is_dir():
+        return False
+    if (path / "metadata.yaml").exists():
+        return True
+    return all(f.is_file() and (f.suffix in (".mcap", ".db3", ".zstd", ".tmp") or f.name.endswith(("-wal", "-shm",
+               "-journal"))) for f in path.iterdir())
 
 
 def _rewrite_metadata_for_humble(path: Path) -> None:
