@@ -40,11 +40,14 @@ class HealthConfig:
     min_points: int = 1000  # finite points a LiDAR cloud needs
     noise_ratio: float = 3.0  # noise sigma above ratio * baseline -> "noisy"
     noise_min_sigma: float = 4.0  # ... and above this absolute sigma (8-bit levels), so clean baselines ~0 still pass
-    noise_warmup: int = 10  # frames whose median sigma becomes the baseline (when no noise_baseline is given)
+    noise_warmup: int = 10  # estimates whose median becomes the baseline (when no noise_baseline is given)
+    noise_every: int = 3  # estimate the noise on every n-th frame (it changes slowly; the rest reuse the verdict)
     noise_baseline: dict[str, float] = field(default_factory=dict)  # modality -> known baseline sigma
     sample_stride: int = 4  # subsample step for frame statistics
 
     def __post_init__(self) -> None:
+        if self.noise_every < 1:
+            raise ValueError(f"health.noise_every: must be >= 1, got {self.noise_every}")
         if self.sample_stride < 1:
             raise ValueError(f"health.sample_stride: must be >= 1, got {self.sample_stride}")
         for name in ("black_fraction", "saturated_fraction", "depth_invalid_fraction"):
@@ -83,6 +86,8 @@ class _State:
     last_sample: np.ndarray | None = None
     same_count: int = 0
     sigmas: list[float] = field(default_factory=list)
+    images: int = 0  # images seen (for noise_every)
+    noise_verdict: tuple[bool, str] | None = None  # the last noise result, reused between estimates
     baseline: float | None = None
     last: tuple[bool, str] = (True, "")
 
@@ -174,19 +179,29 @@ class HealthMonitor:
         if c.saturated_fraction and np.count_nonzero(lo >= c.saturated_level) >= c.saturated_fraction * lo.size:
             return False, f"saturated: >= {c.saturated_fraction:.0%} of pixels >= {c.saturated_level}"
         if c.noise_ratio:
-            colour = img[..., :3] if img.ndim == 3 else img
-            # about 64 row triplets whatever the resolution: plenty of pixels for a sigma, a few ms at 1024²
-            sigma = estimate_noise_sigma(colour, row_stride=max(s, colour.shape[0] // 64))
-            if img.dtype == np.uint16:
-                sigma /= 257.0
-            base = c.noise_baseline.get(modality) or st.baseline
-            if base is None:
-                st.sigmas.append(sigma)
-                if len(st.sigmas) >= max(c.noise_warmup, 1):
-                    st.baseline = float(np.median(st.sigmas))
-                return None
-            if sigma > c.noise_ratio * base and sigma > c.noise_min_sigma:
-                return False, f"noisy: sigma {sigma:.1f} > {c.noise_ratio:g} x baseline {base:.1f}"
+            st.images += 1
+            if (st.images - 1) % c.noise_every:
+                return st.noise_verdict
+            st.noise_verdict = self._noise(modality, st, img)
+            return st.noise_verdict
+        return None
+
+    def _noise(self, modality: str, st: _State, img: np.ndarray) -> tuple[bool, str] | None:
+        c = self.config
+        s = c.sample_stride
+        colour = img[..., :3] if img.ndim == 3 else img
+        # about 64 row triplets whatever the resolution: plenty of pixels for a sigma, a few ms at 1024²
+        sigma = estimate_noise_sigma(colour, row_stride=max(s, colour.shape[0] // 64))
+        if img.dtype == np.uint16:
+            sigma /= 257.0
+        base = c.noise_baseline.get(modality) or st.baseline
+        if base is None:
+            st.sigmas.append(sigma)
+            if len(st.sigmas) >= max(c.noise_warmup, 1):
+                st.baseline = float(np.median(st.sigmas))
+            return None
+        if sigma > c.noise_ratio * base and sigma > c.noise_min_sigma:
+            return False, f"noisy: sigma {sigma:.1f} > {c.noise_ratio:g} x baseline {base:.1f}"
         return None
 
     def _depth(self, depth: np.ndarray) -> tuple[bool, str] | None:
