@@ -41,7 +41,9 @@ class SegmentationDataset:
             raise ValueError(f"spec {spec.name!r} needs modalities {missing} that the reader does not load")
         self.reader, self.spec, self.transform, self.seed = reader, spec, transform, seed
         self._calls = 0
-        self._mean, self._std = spec.norm_arrays()
+        mean, std = spec.norm_arrays()
+        self._scale = (1.0 / (255.0 * std)).astype(np.float32)
+        self._bias = (-mean / std).astype(np.float32)
 
     @property
     def frames(self) -> list[FrameRecord]:
@@ -62,10 +64,14 @@ class SegmentationDataset:
         label = frame.label
         if self.transform is not None:
             images, label = self.transform(images, label, self._rng(index))
-        stack = np.stack([images[m] for m in self.spec.modality_names]).astype(np.float32)  # [M, H, W, 3]
-        x = (stack.transpose(0, 3, 1, 2) / 255.0 - self._mean) / self._std
+        first = images[self.spec.modality_names[0]]
+        x = np.empty((self.spec.num_modalities, 3) + first.shape[:2], np.float32)
+        for i, m in enumerate(self.spec.modality_names):
+            np.copyto(x[i], images[m].transpose(2, 0, 1), casting="unsafe")  # uint8 HWC -> float32 CHW
+        x *= self._scale  # (v / 255 - mean) / std as one multiply-add
+        x += self._bias
         return {
-            "x": torch.from_numpy(np.ascontiguousarray(x, np.float32)),
+            "x": torch.from_numpy(x),
             "present": torch.ones(self.spec.num_modalities, dtype=torch.bool),
             "label": torch.from_numpy(label.astype(np.int64)),
             "meta": frame.meta,
