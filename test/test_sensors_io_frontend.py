@@ -152,3 +152,23 @@ def test_errors_name_the_modality_and_health_kinds() -> None:
     assert health_kind("rgb8", np.zeros((2, 2, 3), np.uint8)) == "image"
     assert health_kind("hha", np.zeros((2, 2), np.float32)) == "depth"
     assert health_kind("hha", np.zeros((2, 2, 3), np.uint8)) == "other"
+
+
+def test_a_known_point_lands_on_its_pixel_with_its_range_and_others_are_dropped() -> None:
+    """LiDAR (x fwd, y left, z up) -> optical camera frame; one point in view, one behind, one outside, one NaN."""
+    T = np.array([[0.0, -1.0, 0.0, 0.0], [0.0, 0.0, -1.0, 0.0], [1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
+    cam = CameraModel.pinhole(32.0, 32.0, 31.5, 31.5, 64, 64)
+    fe = SensorFrontend(synthetic_spec().with_input_size(64, 64), cam, {"lidar": T},
+                        options={"lidar": ModalityOptions(dilation=0)})
+    pts = np.zeros(4, [("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("intensity", "<f4")])
+    pts[0] = (10.0, -1.0, 0.5, 0.6)  # camera (1, -0.5, 10): u = 32*0.1 + 31.5 = 34.7 -> 35, v = 29.9 -> 30
+    pts[1] = (-5.0, 0.0, 0.0, 0.9)  # behind the camera
+    pts[2] = (1.0, 5.0, 0.0, 0.9)  # in front but far outside the image on the left
+    pts[3] = (np.nan, 0.0, 0.0, 0.9)  # no return
+    cloud = pointcloud2_to_array(fill_pointcloud2(sensor_msgs.PointCloud2(), pts, sensor_msgs.PointField))
+    img = fe.represent("lidar", cloud)
+    hits = np.argwhere(img.any(axis=2))
+    assert hits.tolist() == [[30, 35]]
+    r = np.sqrt(10.0 ** 2 + 1.0 + 0.25)
+    expect = [255 - 254 * r / 100, 1 + 254 * 0.6, 1 + 254 * (0.5 + 3) / 6]  # the lidar_image encoding
+    assert img[30, 35].tolist() == np.rint(np.float32(expect)).astype(int).tolist()
