@@ -279,3 +279,11 @@ def test_constructor_and_unknown_modality_errors() -> None:
         Synchronizer(["rgb", "rgb"])
     with pytest.raises(KeyError, match="unknown modality 'radar'"):
         Synchronizer(["rgb"]).push("radar", 0.0, None, 0.0)
+
+
+def test_non_finite_stamp_counts_as_malformed() -> None:
+    sync = Synchronizer(["rgb", "depth"], wait=0.0)
+    sync.push("depth", float("nan"), "d", now=1.0)
+    sync.push("rgb", 1.0, "r", now=1.0)
+    f = sync.poll(1.0)
+    assert f.absent == {"depth": "malformed"} and sync.stats()["depth"].malformed == 1

@@ -26,6 +26,7 @@ Typical node use: decode (``DecodeError`` -> :meth:`mark_malformed`), health che
 """
 from __future__ import annotations
 
+import math
 import threading
 from bisect import insort
 from dataclasses import dataclass, field
@@ -138,6 +139,10 @@ class Synchronizer:
             ch = self._channel(modality)
             stamp = float(stamp)
             self._advance(now)
+            if not math.isfinite(stamp):  # cannot be ordered or matched: treat like an undecodable message
+                ch.malformed += 1
+                ch.last_malformed = self._last_now
+                return
             if ch.newest_stamp is not None and stamp < ch.newest_stamp - self.time_jump:
                 self._reset_locked()  # this sensor's stamps went back: a looping bag or a restarted clock
                 self._advance(now)
