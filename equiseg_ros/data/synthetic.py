@@ -15,7 +15,7 @@ same boxes. Per frame the generator writes (``<c>`` condition, ``<s>`` split, ``
 - ``raw/<c>/<s>/<scene>/<f>_depth.npy``           float32 metres (camera z), NaN where nothing is hit (sky)
 - ``raw/.../<f>_lidar.npy``                       float32 [N, 4] x, y, z, intensity in the LiDAR frame
                                                   (x forward, y left, z up); ``_lidar_label.npy`` uint8 [N] classes
-- ``raw/.../<f>_events.npy``                      float64 [N, 4] x, y, t (s), p (1/0) over the 50 ms before the frame
+- ``raw/.../<f>_events.npy``                      float64 [N, 4] x, y, t (s), p (1/0) over the 30 ms before the frame
 - ``raw/.../<f>_calib.json``                      camera K/size, T_cam_from_lidar (4x4), stamp, event window/size
 - ``manifest.json``                               generator arguments, classes used, frame list
 
@@ -57,7 +57,7 @@ LIDAR_OFFSET = (0.0, 0.4, -0.2)  # LiDAR position relative to the camera in the 
 LIDAR_BEAMS, LIDAR_ELEV = 96, (-30.0, 10.0)
 LIDAR_AZ, LIDAR_AZ_STEP = 60.0, 0.35
 LIDAR_DILATION = 2
-EVENT_DT = 0.05  # seconds between the previous and the current frame
+EVENT_DT = 0.03  # seconds between the previous and the current frame (= the MUSES 30 ms window)
 EVENT_THRESHOLD = 0.1  # log-intensity change per event
 FRAMES_PER_SCENE = 4
 
@@ -243,7 +243,7 @@ def generate_frame(fs: FrameSpec, size: int, seed: int) -> dict[str, Any]:
     cond, case = fs.condition, fs.corner_case
     beta = rng.uniform(12.0, 28.0)
     speed = rng.uniform(8.0, 15.0)
-    yaw_rate = rng.uniform(-20.0, 20.0)  # degrees per second: the view sweeps, so far edges fire events too
+    yaw_rate = rng.uniform(-30.0, 30.0)  # degrees per second: the view sweeps, so far edges fire events too
     z = fs.frame_in_scene * 7.0 + rng.uniform(0, 1.5)
     origin = np.array([0.0, CAMERA_HEIGHT, z], np.float32)
     hits, depth, rgb_lin = _render_view(street, origin, cam, 0.0, cond, beta, rng)
