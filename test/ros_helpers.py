@@ -149,7 +149,8 @@ def _drive(scenario: dict[str, Any], out_path: str) -> None:
                             else ReliabilityPolicy.RELIABLE)
     pubs = {"rgb": node.create_publisher(Image, "/rgb/image", sensor_qos),
             "depth": node.create_publisher(Image, "/depth/image", sensor_qos),
-            "event": node.create_publisher(CompressedImage, "/event/image", sensor_qos),
+            "event": node.create_publisher(Image if scenario.get("event_raw") else CompressedImage, "/event/image",
+                                           sensor_qos),
             "lidar": node.create_publisher(PointCloud2, "/lidar/points", sensor_qos)}
     pub_info = node.create_publisher(CameraInfo, "/camera_info", sensor_qos)
     pub_clock = node.create_publisher(Clock, "/clock", 10) if sim else None

@@ -20,6 +20,7 @@ import os
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -173,7 +174,7 @@ def build_node_class():
                 self.sync.slop = new["sync.slop"]
                 self.sync.max_age = new["sync.max_age"]
                 self.sync.wait = new["sync.slop"]
-                for w in (self._latency, self._infer_ms, self._published):
+                for w in (self._latency, self._infer_ms, self._convert_ms, self._published):
                     w.window = new["diagnostics.window"]
                 self._transport.late_threshold = new["transport.late_threshold"]
                 self._transport.silent_timeout = new["transport.silent_timeout"]
@@ -187,6 +188,9 @@ def build_node_class():
             win = v["diagnostics.window"]
             self._latency = Window(win)  # anchor stamp -> outputs published (s)
             self._infer_ms = Window(win)
+            self._convert_ms = Window(win)  # decoded messages -> model input (representations, resize, normalise)
+            self._pool = ThreadPoolExecutor(max_workers=min(4, len(self.modalities)),
+                                            thread_name_prefix="equiseg-convert")
             self._published = Window(win)
             self._arrivals = {m: Window(win) for m in self.modalities}
             self.health = HealthMonitor(HealthConfig(
@@ -373,8 +377,10 @@ def build_node_class():
 
         def _assemble(self, frame: Any) -> tuple[np.ndarray, np.ndarray]:
             """Synchronised decoded messages -> model input; a modality whose conversion fails is absent."""
+            t0 = time.perf_counter()
             x, present, failed = _inputs.assemble(self.spec, tuple(self.backend.input_size), frame.items,
-                                                  self._camera, self._extrinsics)
+                                                  self._camera, self._extrinsics, self._pool)
+            self._convert_ms.add(time.monotonic(), (time.perf_counter() - t0) * 1e3)
             for m in self.modalities:
                 if failed.get(m, "") != self._conversion_failed[m] and failed.get(m):
                     self.get_logger().warning(f"{m}: cannot convert to {self._representation[m]}: {failed[m]}")
@@ -408,6 +414,7 @@ def build_node_class():
             t = time.monotonic()
             lat = self._latency.percentiles(t)
             inf = self._infer_ms.percentiles(t)
+            conv = self._convert_ms.percentiles(t)
             w = self._worker
             return diag.InferenceReport(
                 backend=self.backend.name, device=self.backend.device, model=os.path.basename(
@@ -418,7 +425,8 @@ def build_node_class():
                 frames_published=self._frames_published, dropped_frames=self.sync.dropped_total + w.dropped,
                 pending=w.pending, errors=w.errors, last_error=w.last_error, modalities_present=self._last_present,
                 anchor=self._last_anchor, worker_alive=w.alive,
-                extra={"dropped_in_sync": self.sync.dropped_total, "dropped_before_inference": w.dropped,
+                extra={"convert_p50_ms": None if conv is None else conv[0],
+                       "dropped_in_sync": self.sync.dropped_total, "dropped_before_inference": w.dropped,
                        "sync_resets": self.sync.resets, "camera_info": self._camera_info is not None,
                        "camera_info_malformed": self._camera_malformed})
 
@@ -442,6 +450,8 @@ def build_node_class():
             worker = getattr(self, "_worker", None)  # absent when __init__ failed (bad configuration)
             if worker is not None:
                 worker.stop()
+            if getattr(self, "_pool", None) is not None:
+                self._pool.shutdown(wait=False)
             super().destroy_node()
 
     return PerceptionNode

@@ -1,0 +1,161 @@
+"""End-to-end latency of the perception node vs the backend's inference time alone, with and without the SHM profile.
+
+    python bench/bench_node.py [--sizes 512 1024] [--frames 8] [--model equiseg_b0|tiny] [--threads 2]
+
+For each input size the model is exported once (cached), timed alone (load_backend + infer, same threads), then for
+each transport configuration a node process and a driver process run: the driver streams four sensors at the
+model's size (rgb8, depth 32FC1, event rgb8, a 100k-point xyzi PointCloud2, plus CameraInfo) and records
+header stamp -> mask received. The sensor period is 1.3x the inference time, so the model keeps up and the figure
+is the pipeline's overhead (transport in both directions, decoding, health checks, synchronisation, conversion to
+the model representation, publishing), not queueing. Configurations: Fast DDS defaults (reliable QoS: best effort
+loses big frames there), the 64 MB shared-memory profile (reliable), and the profile with the node's default
+best-effort QoS. Prints ONE JSON line; numbers are from a shared 2-core machine under load from other jobs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "test"))
+import ros_helpers as rh  # noqa: E402
+
+CONFIGS = (("default", "reliable"), ("shm", "reliable"), ("shm", "best_effort"))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[512, 1024], help="model input sizes (square), each a "
+                    "multiple of 32; the sensors publish at this resolution")
+    ap.add_argument("--frames", type=int, default=8, help="masks measured per configuration (after 2 warm-up ones)")
+    ap.add_argument("--model", choices=("equiseg_b0", "tiny"), default="equiseg_b0",
+                    help="equiseg_b0: EQUISeg with MiT-B0 (random weights: timing only); tiny: a 2-conv net")
+    ap.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (node and standalone)")
+    ap.add_argument("--points", type=int, default=100_000, help="points per LiDAR cloud")
+    ap.add_argument("--cache", type=Path, default=ROOT / "runs" / "bench_node", help="where exported models are kept")
+    ap.add_argument("--domain", type=int, default=45, help="ROS_DOMAIN_ID of the benchmark processes")
+    ap.add_argument("--configs", nargs="+", default=[f"{p}_{q}" for p, q in CONFIGS],
+                    help="transport configurations: default_reliable, shm_reliable, shm_best_effort")
+    return ap.parse_args(argv)
+
+
+def export(model: str, size: int, cache: Path) -> Path:
+    out = cache / f"{model}_{size}.onnx"
+    if out.exists():
+        return out
+    cache.mkdir(parents=True, exist_ok=True)
+    if model == "tiny":
+        return rh.export_tiny(out, size)
+    import torch
+
+    from equiseg_ros.config import ModelConfig
+    from equiseg_ros.models.build import build_model
+    from equiseg_ros.spec import synthetic_spec
+    from training.export import export_onnx
+
+    torch.manual_seed(0)
+    spec = synthetic_spec()
+    net = build_model(ModelConfig(name="equiseg", backbone="mit_b0", drop_path=0.0), spec).eval()
+    export_onnx(net, spec, out, size=(size, size))
+    return out
+
+
+def standalone_ms(path: Path, threads: int, runs: int = 5) -> float:
+    from equiseg_ros.inference.backend import load_backend
+
+    be = load_backend(path, prefer=("onnxruntime",), intra_op_threads=threads)
+    be.warmup(1)
+    x, present = be.example_inputs()
+    for _ in range(runs):
+        be.infer(x, present)
+    ms = float(np.median(be.timings))
+    be.close()
+    return ms
+
+
+def run_config(onnx: Path, size: int, profile: str, reliability: str, period: float, args: argparse.Namespace,
+               tmp: Path) -> dict:
+    env = rh.ros_env(args.domain, shm=profile == "shm")
+    duration = period * (args.frames + 2) + 0.5
+    scenario = {"rate": 1.0 / period, "camera_hw": [size, size], "points": args.points, "event_raw": True,
+                "pregen": 3, "record_all_outputs": False, "mask_ids": False, "sensor_reliability": reliability,
+                "tail": period + 1.0, "phases": [{"name": "run", "duration": duration}], "startup_timeout": 90}
+    (tmp / "s.json").write_text(json.dumps(scenario))
+    overrides = ["inputs.event.type:=image", "inputs.lidar.type:=pointcloud2", "inputs.lidar.topic:=lidar/points",
+                 f"qos.reliability:={reliability}", f"backend.threads:={args.threads}", "backend.prefer:=[onnxruntime]",
+                 "diagnostics.period:=0.5", f"diagnostics.window:={max(10.0, duration)}", "health.noise_ratio:=0.0"]
+    with open(tmp / "node.log", "w") as log:
+        node = subprocess.Popen(rh.node_command(onnx, *overrides), env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            drv = subprocess.run([sys.executable, str(Path(rh.__file__)), "drive", str(tmp / "s.json"),
+                                  str(tmp / "r.json")], env=env, capture_output=True, text=True, timeout=600)
+        finally:
+            node.send_signal(signal.SIGINT)
+            try:
+                node.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                node.kill()
+    if drv.returncode != 0:
+        raise RuntimeError(f"driver failed: {drv.stderr[-2000:]}\nnode log: {(tmp / 'node.log').read_text()[-2000:]}")
+    rec = json.loads((tmp / "r.json").read_text())
+    masks = [m for m in rec["masks"] if m["phase"] in ("run", "tail")][2:]
+    lat = np.array([m["recv"] - m["stamp"] for m in masks]) * 1e3
+    inf = [s["values"] for d in rec["diagnostics"] for s in d["status"] if s["name"].endswith(": inference")]
+    node_inf = next((float(v["infer_p50_ms"]) for v in reversed(inf) if v.get("infer_p50_ms")), float("nan"))
+    node_conv = next((float(v["convert_p50_ms"]) for v in reversed(inf) if v.get("convert_p50_ms")), float("nan"))
+    node_lat = next((float(v["latency_p50_ms"]) for v in reversed(inf) if v.get("latency_p50_ms")), float("nan"))
+    sensors = [s["values"] for d in rec["diagnostics"][-1:] for s in d["status"] if ": sensor " in s["name"]]
+    out = {"sent": rec["published"].get("rgb", 0), "masks": len(masks) + 2,
+           "e2e_p50_ms": round(float(np.percentile(lat, 50)), 1) if lat.size else None,
+           "e2e_p95_ms": round(float(np.percentile(lat, 95)), 1) if lat.size else None,
+           "node_stamp_to_publish_p50_ms": round(node_lat, 1), "node_infer_p50_ms": round(node_inf, 1),
+           "node_convert_p50_ms": round(node_conv, 1),
+           "received_by_node": {s["topic"]: int(s["received"]) for s in sensors}}
+    if lat.size and node_inf == node_inf:
+        out["ratio_p50_vs_node_infer"] = round(out["e2e_p50_ms"] / node_inf, 3)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    results = []
+    jobs = [(s, c) for s in args.sizes for c in args.configs]
+    bar = tqdm(total=len(jobs) + len(args.sizes), desc="bench_node", file=sys.stderr)
+    with tempfile.TemporaryDirectory() as td:
+        for size in args.sizes:
+            onnx = export(args.model, size, args.cache)
+            alone = standalone_ms(onnx, args.threads)
+            bar.update()
+            period = max(0.1, 1.3 * alone / 1e3 + 0.05)
+            row = {"size": size, "infer_alone_p50_ms": round(alone, 1), "sensor_period_s": round(period, 3),
+                   "configs": {}}
+            for cfg in args.configs:
+                profile, reliability = cfg.split("_", 1)
+                r = run_config(onnx, size, profile, reliability, period, args, Path(td))
+                if r.get("e2e_p50_ms") is not None:
+                    r["ratio_p50_vs_alone"] = round(r["e2e_p50_ms"] / alone, 3)
+                row["configs"][cfg] = r
+                bar.update()
+                time.sleep(0.5)
+            results.append(row)
+    bar.close()
+    print(json.dumps({"bench": "node_end_to_end", "model": args.model, "threads": args.threads,
+                      "sensors": "rgb8 + depth 32FC1 + event rgb8 + PointCloud2 xyzi "
+                                 f"{args.points} pts + CameraInfo", "frames": args.frames,
+                      "note": "shared 2-core machine under load; latency = header stamp -> mask received in another "
+                              "process", "results": results}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
