@@ -48,6 +48,19 @@ def test_random_resized_crop_keeps_alignment(seed):
     assert agree[~pad].mean() > 0.6
 
 
+def test_torch_tensors_in_and_out():
+    import torch
+
+    images, label = _sample()
+    timgs = {m: torch.from_numpy(v.transpose(2, 0, 1).copy()) for m, v in images.items()}
+    t = TrainTransform(SPEC, (48, 64), scale=(1.0, 1.0), p_jitter=0, p_flip=1.0, p_blur=0)
+    out, lab = t(timgs, torch.from_numpy(label), np.random.default_rng(0))
+    assert isinstance(lab, torch.Tensor) and out["event"].shape == (3, 48, 64)
+    assert torch.equal(out["event"][0], lab.to(torch.uint8) * 10)
+    out, lab = ValTransform(SPEC, 32)(timgs, torch.from_numpy(label))
+    assert out["rgb"].shape == (3, 32, 64) and lab.shape == (32, 64)
+
+
 def test_jitter_and_blur_touch_rgb_only():
     images, label = _sample()
     t = TrainTransform(SPEC, (48, 64), scale=(1.0, 1.0), p_jitter=1.0, p_flip=0, p_blur=1.0)

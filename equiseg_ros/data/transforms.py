@@ -13,6 +13,9 @@ label, so they stay aligned. Training, in the reference order:
 
 Validation: short side resized to ``size`` then both sides rounded up to a multiple of 32; label NEAREST.
 
+Both transforms also take torch tensors (uint8 [3, H, W] images, [H, W] label) and return tensors in that layout;
+the work is done on numpy/OpenCV either way.
+
 Interpolation: dense representations (RGB, HHA, depth8) resize bilinearly; sparse ones (event frames, projected
 LiDAR/radar) resize NEAREST so counts and ranges are never averaged with empty pixels (the reference resizes all
 bilinearly; the node uses ``resize_modality`` too, so training and vehicle agree).
@@ -58,6 +61,26 @@ def color_jitter(rgb: np.ndarray, rng: np.random.Generator, strength: float = 0.
     return np.clip(x + 0.5, 0, 255).astype(np.uint8)
 
 
+def _is_tensor(obj) -> bool:
+    return type(obj).__module__.startswith("torch")
+
+
+def _from_torch(images: dict, label) -> tuple[dict[str, np.ndarray], np.ndarray, bool]:
+    """Torch CHW uint8 images and an HW label -> numpy HWC / HW; says whether to convert back."""
+    if not (_is_tensor(label) or any(_is_tensor(v) for v in images.values())):
+        return images, label, False
+    imgs = {m: (v.permute(1, 2, 0).contiguous().numpy() if _is_tensor(v) else v) for m, v in images.items()}
+    lab = label.numpy() if _is_tensor(label) else label
+    return imgs, lab.astype(np.uint8), True
+
+
+def _to_torch(images: dict[str, np.ndarray], label: np.ndarray) -> tuple[dict, object]:
+    import torch
+
+    return ({m: torch.from_numpy(np.ascontiguousarray(v.transpose(2, 0, 1))) for m, v in images.items()},
+            torch.from_numpy(np.ascontiguousarray(label)))
+
+
 def random_resized_crop(images: dict[str, np.ndarray], label: np.ndarray, size: tuple[int, int],
                         reps: dict[str, str], rng: np.random.Generator, scale: tuple[float, float] = (0.5, 2.0),
                         ignore_index: int = 255) -> Sample:
@@ -96,7 +119,11 @@ class TrainTransform:
         self.rgb_name = rgb_name
 
     def __call__(self, images: dict[str, np.ndarray], label: np.ndarray, rng: np.random.Generator) -> Sample:
-        images = dict(images)
+        images, label, back = _from_torch(dict(images), label)
+        out = self._apply(images, label, rng)
+        return _to_torch(*out) if back else out
+
+    def _apply(self, images: dict[str, np.ndarray], label: np.ndarray, rng: np.random.Generator) -> Sample:
         reps = _representations(self.spec, images)
         rgb = self.rgb_name if self.rgb_name in images else None
         if rgb and rng.random() < self.p_jitter:
@@ -124,10 +151,12 @@ class ValTransform:
 
     def __call__(self, images: dict[str, np.ndarray], label: np.ndarray, rng: np.random.Generator | None = None
                  ) -> Sample:
+        images, label, back = _from_torch(dict(images), label)
         reps = _representations(self.spec, images)
         H, W = self.output_size(*label.shape)
         out = {m: resize_modality(img, reps[m], H, W) for m, img in images.items()}
-        return out, resize(label, H, W, nearest=True)
+        lab = resize(label, H, W, nearest=True)
+        return _to_torch(out, lab) if back else (out, lab)
 
 
 Transform = Callable[[dict[str, np.ndarray], np.ndarray, np.random.Generator], Sample]
