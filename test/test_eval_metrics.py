@@ -48,7 +48,7 @@ def test_accumulation_merge_and_per_sample_agree():
     for b in range(3):
         parts.update(pred[b:b + 1], label[b:b + 1])
     assert torch.equal(whole.mat, parts.mat)
-    per = per_sample_confusion(pred, label, 5, IGN)
+    per = per_sample_confusion(pred.masked_fill(label == IGN, 200), label, 5, IGN)  # ids on ignore pixels: unused
     assert per.shape == (3, 5, 5) and torch.equal(per.sum(0), whole.mat)
     assert torch.equal(per[1], ConfusionMatrix(5, IGN).update(pred[1], label[1]).mat)
     merged = ConfusionMatrix(5, IGN).merge(parts).merge(parts)
@@ -70,6 +70,10 @@ def test_bad_inputs_are_named():
         cm.update(torch.tensor([0, 3]), torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="label: ids"):
         cm.update(torch.tensor([0, 1]), torch.tensor([0, 9]))
+    with pytest.raises(ValueError, match="pred: class ids"):
+        per_sample_confusion(torch.tensor([[[0, 3]]]), torch.tensor([[[0, 1]]]), 3, IGN)
+    with pytest.raises(ValueError, match="label: ids"):
+        per_sample_confusion(torch.tensor([[[0, 1]]]), torch.tensor([[[0, 9]]]), 3, IGN)
     with pytest.raises(ValueError, match="shapes differ"):
         cm.update(torch.zeros(2, 3, dtype=torch.long), torch.zeros(3, 2, dtype=torch.long))
 

@@ -43,6 +43,50 @@ def confusion_indices(pred: torch.Tensor, label: torch.Tensor, num_classes: int,
     return gt * num_classes + pr, keep
 
 
+class LabelKeys:
+    """Per-batch precomputation of bincount keys from the ground truth, shared by every prediction of the batch.
+
+    ``base = sample * K * K + gt * K`` on labelled pixels and ``B * K * K`` on ignored ones, so the confusion of a
+    prediction is ``bincount(base + pred)`` with the ignored pixels landing in K spare bins that are dropped: one
+    add and one bincount per prediction, no boolean compaction, and the label checked once per batch instead of once
+    per protocol variant.
+    """
+
+    def __init__(self, label: torch.Tensor, num_classes: int, ignore_index: int) -> None:
+        if label.dim() != 3:
+            raise ValueError(f"label: expected [B, H, W] class ids, got shape {tuple(label.shape)}")
+        label = label.long()
+        k = num_classes
+        valid = label != ignore_index
+        if bool(valid.any()):
+            lo, hi = torch.aminmax(label[valid])
+            if int(lo) < 0 or int(hi) >= k:
+                raise ValueError(f"label: ids must be in 0..{k - 1} or {ignore_index} (ignore), "
+                                 f"got range {int(lo)}..{int(hi)}")
+        b = label.shape[0]
+        sample = torch.arange(b, device=label.device).view(b, 1, 1) * (k * k)
+        self.base = torch.where(valid, sample + label * k, torch.full((), b * k * k, device=label.device))
+        self.num_classes, self.batch = k, b
+        self.shape = tuple(label.shape)
+
+    def confusion(self, pred: torch.Tensor) -> torch.Tensor:
+        """Per-sample confusion matrices int64 [B, K, K] of ``pred`` (class ids [B, H, W])."""
+        if tuple(pred.shape) != self.shape:
+            raise ValueError(f"pred/label: shapes differ, pred {tuple(pred.shape)} vs label {self.shape}")
+        k, b = self.num_classes, self.batch
+        pred = pred.to(device=self.base.device, dtype=torch.long)
+        lo, hi = torch.aminmax(pred)
+        if int(lo) < 0 or int(hi) >= k:  # rare slow path: out-of-range ids are fine on ignored pixels only
+            ignored = self.base >= b * k * k
+            bad = ~ignored & ((pred < 0) | (pred >= k))
+            if bool(bad.any()):
+                v = pred[bad]
+                raise ValueError(f"pred: class ids must be in 0..{k - 1}, got range {int(v.min())}..{int(v.max())}")
+            pred = pred.masked_fill(ignored, 0)
+        counts = torch.bincount((self.base + pred).flatten(), minlength=b * k * k + k)
+        return counts[: b * k * k].view(b, k, k)
+
+
 def per_sample_confusion(pred: torch.Tensor, label: torch.Tensor, num_classes: int, ignore_index: int
                          ) -> torch.Tensor:
     """Confusion matrices of each sample of a batch, int64 [B, K, K], from a single ``bincount``.
@@ -53,12 +97,7 @@ def per_sample_confusion(pred: torch.Tensor, label: torch.Tensor, num_classes: i
     if pred.dim() != 3:
         raise ValueError(f"pred: expected [B, H, W] class ids, got shape {tuple(pred.shape)}")
     _check_shapes(pred, label)
-    b = label.shape[0]
-    kk = num_classes * num_classes
-    idx, keep = confusion_indices(pred, label, num_classes, ignore_index)
-    sample = torch.arange(b, device=label.device).view(b, 1, 1).expand_as(label)[keep]
-    counts = torch.bincount(sample * kk + idx, minlength=b * kk)
-    return counts.view(b, num_classes, num_classes)
+    return LabelKeys(label, num_classes, ignore_index).confusion(pred)
 
 
 class ConfusionMatrix:

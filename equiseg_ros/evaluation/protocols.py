@@ -39,7 +39,7 @@ from equiseg_ros.data.corruptions import emm as emm_corrupt
 from equiseg_ros.data.corruptions import make_generator, nm_level
 from equiseg_ros.data.corruptions import nm as nm_corrupt
 from equiseg_ros.data.corruptions import rmm as rmm_corrupt
-from equiseg_ros.evaluation.metrics import ConfusionMatrix, per_sample_confusion
+from equiseg_ros.evaluation.metrics import ConfusionMatrix, LabelKeys
 from equiseg_ros.spec import ModelSpec
 
 PROTOCOLS = ("full", "emm", "rmm", "nm", "anymodal")
@@ -245,12 +245,13 @@ def run_variants(predict: Predict, loader: Iterable, spec: ModelSpec, variants: 
                 break
             x, present, label, meta = _unpack(batch, spec.num_modalities, device)
             groups = _groups_of(meta, x.shape[0])
+            keys = LabelKeys(label, spec.num_classes, spec.ignore_index)
             for (kind, value), idx in groups.items():
                 group_frames[f"{kind}:{value}"] = group_frames.get(f"{kind}:{value}", 0) + len(idx)
             for v in variants:
                 xi, pi = v.build(x, present, names, make_generator(_variant_seed(seed, bi, v), device))
                 pred = to_labels(predict(xi, pi), tuple(label.shape[-2:])).to(device)
-                accs[v].add(per_sample_confusion(pred, label, spec.num_classes, spec.ignore_index), groups)
+                accs[v].add(keys.confusion(pred), groups)
                 stats["predict_calls"] += 1
                 if bar is not None:
                     bar.update(1)
