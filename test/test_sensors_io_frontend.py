@@ -172,3 +172,28 @@ def test_a_known_point_lands_on_its_pixel_with_its_range_and_others_are_dropped(
     r = np.sqrt(10.0 ** 2 + 1.0 + 0.25)
     expect = [255 - 254 * r / 100, 1 + 254 * 0.6, 1 + 254 * (0.5 + 3) / 6]  # the lidar_image encoding
     assert img[30, 35].tolist() == np.rint(np.float32(expect)).astype(int).tolist()
+
+
+def test_node_style_payloads_with_header_stamps(frames: dict) -> None:
+    """The node buffers objects with .data/.encoding/.header; the event window then ends at the header stamp."""
+    from dataclasses import dataclass
+
+    @dataclass
+    class Decoded:
+        data: np.ndarray
+        encoding: str
+        header: object
+
+    d = frames["plain"]
+    ros = _via_ros(d)
+    stamp = d["calib"]["stamp"]
+    hdr = sensor_msgs.Image().header
+    hdr.stamp.sec, hdr.stamp.nanosec = int(stamp), int(round((stamp - int(stamp)) * 1e9))
+    spec = synthetic_spec().with_input_size(SIZE, SIZE)
+    fe = SensorFrontend(spec, CameraModel.from_dict(d["calib"]["camera"]),
+                        {"lidar": np.asarray(d["calib"]["T_cam_from_lidar"])})
+    items = {"rgb": Decoded(ros["rgb"][0], "bgr8", hdr), "depth": Decoded(ros["depth"][0], "32FC1", hdr),
+             "event": Decoded(ros["event"][0], "", hdr), "lidar": Decoded(ros["lidar"], "pointcloud2", hdr)}
+    x, present, failed = fe.assemble_with_reasons(items)
+    assert present.all() and not failed
+    np.testing.assert_allclose(x[0, 2], spec.normalize("event", d["event"]), atol=1e-6)
