@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import queue
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from rosbags.highlevel import AnyReader
 from rosbags.interfaces import Connection, QosDurability, QosHistory, QosReliability
@@ -39,7 +40,7 @@ class ReplayStats:
     published: dict[str, int] = field(default_factory=dict)
     skipped_topics: dict[str, str] = field(default_factory=dict)
     lateness_s: list[float] = field(default_factory=list)  # actual - scheduled publish time, per message
-    gaps: list[tuple[float, float]] = field(default_factory=list)  # (recorded gap / rate, actual gap) per message
+    gaps: list[tuple[float, float]] = field(default_factory=list)  # per topic: (recorded gap / rate, actual gap)
     wall_s: float = 0.0
     loops: int = 0
     clock_msgs: int = 0
@@ -83,12 +84,14 @@ class Player:
 
     ``on_publish(topic, bag_ts_ns, wall_time)`` is called after every message (used by live evaluation to know
     when each stamp left). ``stop()`` from another thread ends the replay after the current message.
+    ``prefetch`` reads ahead in a thread; off by default: on 2 loaded cores the reader thread's GIL contention made
+    the timing worse (bench/bench_bags.py measures both).
     """
 
     def __init__(self, bag: str | Path, *, rate: float = 1.0, loop: bool = False, clock: bool = False,
                  clock_hz: float = 40.0, topics: Sequence[str] | None = None, reliable: bool | None = None,
                  node: Any = None, context: Any = None, warn: Callable[[str], None] | None = None,
-                 on_publish: Callable[[str, int, float], None] | None = None) -> None:
+                 on_publish: Callable[[str, int, float], None] | None = None, prefetch: bool = False) -> None:
         if rate <= 0:
             raise ReplayError(f"--rate must be > 0, got {rate}")
         self.bag = Path(bag)
@@ -96,6 +99,7 @@ class Player:
             raise ReplayError(f"{self.bag}: not a rosbag2 directory (no metadata.yaml)")
         self.rate, self.loop, self.clock, self.clock_hz = rate, loop, clock, clock_hz
         self.on_publish = on_publish
+        self.prefetch = prefetch
         self.warn = warn or (lambda m: print(f"warning: {m}", file=sys.stderr))
         self._stop = threading.Event()
         self.stats = ReplayStats()
@@ -180,13 +184,56 @@ class Player:
                 pass
             return
 
+    def _prefetched(self, depth: int = 16) -> Iterator[tuple[Connection, int, bytes]]:
+        """The bag's messages read ahead by a thread, so reading overlaps the waits between messages."""
+        q: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        done = object()
+
+        def reader() -> None:
+            try:
+                for conn, ts, raw in self.reader.messages(connections=self.connections):
+                    if self._stop.is_set():
+                        break
+                    q.put((conn, ts, raw if isinstance(raw, bytes) else bytes(raw)))
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
+                q.put(exc)
+            q.put(done)
+
+        th = threading.Thread(target=reader, name="bag-reader", daemon=True)
+        th.start()
+        try:
+            while True:
+                item = q.get()
+                if item is done:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            self._stop_reader(q, th)
+
+    def _stop_reader(self, q: "queue.Queue[Any]", th: threading.Thread) -> None:
+        if th.is_alive():
+            stop = self._stop.is_set()
+            self._stop.set()
+            while th.is_alive():  # unblock a reader waiting on a full queue
+                try:
+                    q.get_nowait()
+                except queue.Empty:
+                    th.join(timeout=0.01)
+            if not stop:
+                self._stop.clear()
+
     def run(self) -> ReplayStats:
         t_run = time.perf_counter()
         while not self._stop.is_set():
             t0_bag: int | None = None
             t0_wall = 0.0
-            prev: tuple[int, float] | None = None
-            for conn, ts, raw in self.reader.messages(connections=self.connections):
+            prev: dict[str, tuple[int, float]] = {}
+            source = self._prefetched() if self.prefetch else (
+                (c, t, r if isinstance(r, bytes) else bytes(r))
+                for c, t, r in self.reader.messages(connections=self.connections))
+            for conn, ts, raw in source:
                 if self._stop.is_set():
                     break
                 if t0_bag is None:
@@ -199,13 +246,14 @@ class Player:
 
                 self._sleep_until(target, bag_at)
                 self._publish_clock(ts)
-                self.publishers[conn.topic].publish(bytes(raw))
+                self.publishers[conn.topic].publish(raw)
                 now = time.perf_counter()
                 self.stats.published[conn.topic] = self.stats.published.get(conn.topic, 0) + 1
                 self.stats.lateness_s.append(now - target)
-                if prev is not None and ts != prev[0]:
-                    self.stats.gaps.append(((ts - prev[0]) / 1e9 / self.rate, now - prev[1]))
-                prev = (ts, now)
+                last = prev.get(conn.topic)
+                if last is not None:
+                    self.stats.gaps.append(((ts - last[0]) / 1e9 / self.rate, now - last[1]))
+                prev[conn.topic] = (ts, now)
                 if self.on_publish is not None:
                     self.on_publish(conn.topic, ts, time.time())
             self.stats.loops += 1
