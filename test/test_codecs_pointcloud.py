@@ -260,3 +260,23 @@ def test_extrinsic_from_param_forms_and_errors() -> None:
     bad[:3, :3] *= 2
     with pytest.raises(ValueError, match="orthonormal"):
         extrinsic_from_param(bad)
+
+
+def test_decode_any_dispatches_on_fields() -> None:
+    import cv2
+
+    from equiseg_ros.ros.codecs import decode_any, fill_image
+
+    pts = _points(9)
+    arr, enc = decode_any(fill_pointcloud2(_rb_cloud(), pts, T["sensor_msgs/msg/PointField"]), "/points")
+    assert enc == "pointcloud2" and arr.shape == (9,)
+    img = np.arange(12, dtype=np.float32).reshape(3, 4)
+    arr, enc = decode_any(fill_image(sensor_msgs.Image(), img, "32FC1"), "/depth")
+    assert enc == "32FC1" and np.array_equal(arr, img)
+    comp = sensor_msgs.CompressedImage()
+    comp.format = "png"
+    comp.data = cv2.imencode(".png", np.full((4, 4, 3), 7, np.uint8))[1].tobytes()
+    arr, enc = decode_any(comp, "/cam/compressed")
+    assert enc == "rgb8" and arr.shape == (4, 4, 3)
+    with pytest.raises(DecodeError, match="missing field"):
+        decode_any(fill_pointcloud2(_rb_cloud(), pts, T["sensor_msgs/msg/PointField"]), "/ev", require=("t",))

@@ -26,6 +26,7 @@ __all__ = [
     "DecodeError", "IMAGE_ENCODINGS", "encoding_info", "image_to_numpy", "compressed_image_to_numpy",
     "numpy_to_image_fields", "fill_image", "POINTFIELD_DTYPES", "pointcloud2_dtype", "pointcloud2_to_array",
     "xyz_finite", "array_to_pointcloud2_fields", "fill_pointcloud2", "camera_info_to_camera", "stamp_to_sec",
+    "to_rgb8", "decode_any", "header_fields",
 ]
 
 
@@ -359,6 +360,22 @@ def fill_pointcloud2(msg: Any, points: np.ndarray, point_field_type: Any, header
     if header is not None:
         msg.header = header
     return msg
+
+
+def decode_any(msg: Any, topic: str = "", require: Sequence[str] = ()) -> tuple[np.ndarray, str]:
+    """Any sensor message the node takes -> (array, encoding), dispatching on its fields (duck-typed):
+    PointCloud2 (``fields``) -> structured array, "pointcloud2"; CompressedImage (``format``) -> array,
+    "rgb8"/"mono8"/"16UC1"/"32FC1"; Image -> array, its encoding. Feeds ``SensorFrontend`` directly."""
+    if hasattr(msg, "fields") and hasattr(msg, "point_step"):
+        return pointcloud2_to_array(msg, topic, require=require), "pointcloud2"
+    if hasattr(msg, "format") and not hasattr(msg, "encoding"):
+        arr = compressed_image_to_numpy(msg, topic)
+        if arr.dtype == np.float32:
+            return arr, "32FC1"
+        if arr.dtype == np.uint16:
+            return arr, "16UC1" if arr.ndim == 2 else "rgb16"
+        return arr, "rgb8" if arr.ndim == 3 else "mono8"
+    return image_to_numpy(msg, topic), str(getattr(msg, "encoding", ""))
 
 
 # ---- camera info, stamps --------------------------------------------------------------------------------------
