@@ -94,3 +94,27 @@ def test_evaluate_cli_on_checkpoint(tmp_path):
     assert (out / "report.md").is_file() and (out / "robustness.png").is_file() and (out / "data_config.yaml").is_file()
     assert main(["--checkpoint", str(tmp_path / "missing.pt"), "--data", str(ROOT / "config/datasets/synthetic.yaml"),
                  "--out", str(out)]) == 1
+
+
+def test_evaluate_cli_on_exported_onnx(tmp_path):
+    pytest.importorskip("onnxruntime")
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from equiseg_ros.data.synthetic import generate
+    from equiseg_ros.inference._toy import ToyModel
+    from training.evaluate import main
+    from training.export import export_onnx
+
+    generate(tmp_path / "syn", frames=1, size=64, splits=(("val", 1.0),))
+    spec = synthetic_spec().with_input_size(64, 64)
+    torch.manual_seed(0)
+    export_onnx(ToyModel(spec), spec, tmp_path / "toy.onnx", (64, 64))
+    out = tmp_path / "out"
+    args = ["--model-onnx", str(tmp_path / "toy.onnx"), "--name", "toy", "--data",
+            str(ROOT / "config/datasets/synthetic.yaml"), "--set", f"root={tmp_path / 'syn'}", "--protocols", "emm",
+            "--settings", "benchmark,deployed", "--out", str(out), "--no-progress"]
+    assert main(args + ["--set", "image_size=64"]) == 0
+    res = load_results(out / "results.json")["toy"]
+    assert res.predict_calls == 1 + 14 * 2  # clean input shared, 14 zeroed subsets per setting
+    assert res.table1_row("deployed")["EMM Avg"] is not None
+    assert main(args + ["--set", "image_size=96"]) == 1  # exported for 64x64: refused with a clear message
