@@ -157,3 +157,15 @@ def test_raw_forms_of_the_synthetic_data(tmp_path: Path) -> None:
     raw0 = load_raw_frame(root, source.reader[0].record)
     np.testing.assert_allclose(transform_stamped_to_matrix(tf), raw0.T_cam_from_lidar, atol=1e-9)
     np.testing.assert_allclose(np.asarray(layout["lidar"]["extrinsic"]).reshape(4, 4), raw0.T_cam_from_lidar)
+
+
+def test_node_params_file_points_the_node_at_the_bag(tmp_path: Path) -> None:
+    from equiseg_ros.ros.params import flatten
+    root = make_deliver(tmp_path / "d", frames_per_condition=1)
+    bag, params = tmp_path / "bag", tmp_path / "node.yaml"
+    assert convert.main(["--dataset", "deliver", "--root", str(root), "--out", str(bag), "--quiet",
+                         "--node-params", str(params)]) == 0
+    values = flatten(yaml.safe_load(params.read_text())["/**"]["ros__parameters"])
+    assert values["camera_info_topic"] == convert.CAMERA_INFO_TOPIC
+    for m in ("rgb", "depth", "event", "lidar"):
+        assert values[f"inputs.{m}.topic"] == convert.image_topic(m) and values[f"inputs.{m}.type"] == "image"

@@ -300,8 +300,34 @@ def build_parser() -> argparse.ArgumentParser:
                      help="shift header stamps (and receive times) by uniform [-MS, MS] milliseconds")
     inj.add_argument("--corrupt", action="append", metavar="MOD:P",
                      help="make a fraction P of the messages malformed (truncated data, bad step, bad encoding)")
+    p.add_argument("--node-params", default=None, metavar="YAML",
+                   help="also write a perception_node params file pointing its inputs at this bag's topics (types, "
+                   "LiDAR extrinsic, camera_info): ros2 launch ... params_file:=YAML")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
+
+
+def write_node_params(path: str | Path, bag: str | Path) -> Path:
+    """A ``perception_node`` parameters file for replaying ``bag`` (inputs.<m>.topic/type/extrinsic, camera_info)."""
+    import yaml
+
+    from equiseg_ros.bag._writer import read_custom
+    from equiseg_ros.ros.params import yaml_sections
+    layout = read_custom(bag)["topics"]
+    values: dict[str, Any] = {"camera_info_topic": layout["camera_info"]}
+    for m, form in layout["modalities"].items():
+        values[f"inputs.{m}.topic"] = form["topic"]
+        values[f"inputs.{m}.type"] = form["type"]
+        if form.get("extrinsic"):
+            values[f"inputs.{m}.extrinsic"] = [float(v) for v in form["extrinsic"]]
+    text = ("# perception_node inputs for the bag " + str(bag) + " (python -m equiseg_ros.bag.convert). Use with\n"
+            "#   ros2 launch equiseg_ros perception.launch.py model_path:=MODEL params_file:=THIS use_sim_time:=true\n"
+            "# Parameters not set here keep the node's defaults (those of config/perception.yaml).\n")
+    text += yaml.safe_dump({"/**": {"ros__parameters": yaml_sections(values)}}, sort_keys=False)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    return out
 
 
 def _csv(text: str) -> list[str]:
@@ -326,6 +352,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(f"wrote {res.path} ({target.distro}, {target.storage}): {res.frames} frames, "
           f"{sum(res.messages.values())} messages in {res.seconds:.1f} s")
+    if args.node_params:
+        print(f"node parameters for this bag: {write_node_params(args.node_params, res.path)}")
     for item in res.injections:
         print(f"  injected {item}")
     return 0

@@ -28,7 +28,7 @@ from equiseg_ros.ros.sync import SyncedFrame, Synchronizer
 from equiseg_ros.sensors.health import HealthConfig, HealthMonitor
 from equiseg_ros.sensors.transforms_tf import extrinsic_from_param
 
-MIRRORS = "equiseg_ros/ros/node.py PerceptionNode._on_sensor/_decode/_poll/_process (1bb7eff)"
+MIRRORS = "equiseg_ros/ros/node.py PerceptionNode._on_sensor/_decode/_poll/_process (d1a067a)"
 POLL_PERIOD = 0.01  # the node's poll timer (s)
 
 
