@@ -50,6 +50,11 @@ def test_report_renders_papers_layouts(tmp_path):
     assert json.loads(paths["json"].read_text())["models"]["B"]["protocols"] == ["full", "emm"]
     png = paths["png"].read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    from equiseg_ros.evaluation.report import main
+
+    assert main([str(paths["json"]), str(paths["json"]), "--out", str(tmp_path / "merged")]) == 0
+    merged = load_results(tmp_path / "merged" / "results.json")
+    assert list(merged) == ["A", "B", "A#2", "B#2"]
 
 
 def test_anymodal_columns_follow_the_spec():

@@ -189,3 +189,27 @@ def load_results(path: str | Path) -> dict[str, EvalResult]:
     """Read a ``results.json`` written by ``write_report`` back into EvalResults (to merge or re-render)."""
     data = json.loads(Path(path).read_text())
     return {name: EvalResult.from_dict(d) for name, d in data["models"].items()}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Merge ``results.json`` files of separate runs into one report (models side by side)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m equiseg_ros.evaluation.report", description=main.__doc__)
+    ap.add_argument("results", nargs="+", help="results.json files written by training/evaluate.py")
+    ap.add_argument("--out", required=True, help="output folder for the merged results.json, report.md, PNG")
+    args = ap.parse_args(argv)
+    merged: dict[str, EvalResult] = {}
+    for path in args.results:
+        for name, res in load_results(path).items():
+            key, k = name, 2
+            while key in merged:
+                key, k = f"{name}#{k}", k + 1
+            merged[key] = res
+    paths = write_report(merged, args.out)
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
