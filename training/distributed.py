@@ -69,6 +69,19 @@ def all_reduce_grads(params: list[torch.nn.Parameter], info: DistInfo) -> None:
             p.grad /= info.world_size
 
 
+def broadcast_buffers(module: torch.nn.Module, info: DistInfo) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics).
+
+    DDP broadcasts buffers at the start of each forward, so after the last step the ranks' running statistics
+    differ; doing the same broadcast before saving, validating and finishing changes nothing for training and
+    makes every rank hold exactly the weights rank 0 writes.
+    """
+    if not info.enabled:
+        return
+    for b in module.buffers():
+        dist.broadcast(b.data, src=0)
+
+
 def broadcast_object(obj, info: DistInfo):
     """Rank 0's value of ``obj`` on every rank."""
     if not info.enabled:

@@ -59,6 +59,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--out", required=True, help="output folder for results.json, report.md, robustness.png")
     ap.add_argument("--batch-size", type=int, default=1,
                     help="frames per batch (default 1: NM's max/min are per batch tensor, as in the reference)")
+    ap.add_argument("--stack", type=int, default=1,
+                    help="input variants per model call (concatenated on the batch axis; >1 keeps a GPU busy; "
+                         "exported models need a dynamic batch axis); default 1")
     ap.add_argument("--max-batches", type=int, default=None, help="stop after N batches (quick looks)")
     ap.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: the config's)")
     ap.add_argument("--device", default="cpu", help="torch device for checkpoints and metrics (default cpu)")
@@ -204,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      settings=_csv(args.settings), rmm_rates=[float(r) for r in _csv(args.rmm_rates)],
                                      nm_levels=_csv(args.nm_levels), seed=args.seed, device=args.device,
                                      max_batches=args.max_batches, progress=not args.no_progress,
-                                     table_rmm_rate=args.table_rmm_rate)
+                                     table_rmm_rate=args.table_rmm_rate, stack=args.stack)
     except (EvalError, ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -264,7 +264,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--size", nargs=2, type=int, metavar=("H", "W"),
                    help="input size to export (multiples of 32); default: the spec's input size")
     p.add_argument("--batch", type=int, default=1, help="batch size of the static graph (default 1)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17; 17-20 tested by onnx.checker)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17; 18 is also tested)")
     p.add_argument("--dynamic", action="store_true",
                    help="symbolic batch, H and W (one file for every input size); parity is checked at 2 sizes")
     p.add_argument("--sample", help=".npz with a real frame: x [M,3,H,W] normalised, optional present [M]; "

@@ -257,6 +257,7 @@ class Trainer:
         return out
 
     def save(self, name: str = "last.pt", rng: list | None = None) -> Path | None:
+        D.broadcast_buffers(self.model, self.dist)
         rng = rng if rng is not None else self._gather_rng()
         if not self.dist.is_main:
             return None
@@ -312,6 +313,7 @@ class Trainer:
 
         v = self.cfg.val
         model = self.model
+        D.broadcast_buffers(model, self.dist)  # every rank evaluates the weights rank 0 would save
         was_training = model.training
         model.eval()
 
