@@ -178,6 +178,9 @@ def test_one_pass_equals_naive_per_subset_passes_and_is_reproducible():
     assert other.results["benchmark"]["emm"] == res.results["benchmark"]["emm"]  # EMM has no randomness
     # the toy model uses `present`, so deployed EMM differs from benchmark EMM
     assert res.results["deployed"]["emm"] != res.results["benchmark"]["emm"]
+    stacked = evaluate(_toy_model, batches, SPEC, **kw, stack=8)  # 8 variants per predict call, same figures
+    n_var = len(set(keymap.values()))
+    assert stacked.predict_calls == 2 * -(-n_var // 8) and stacked.results == res.results
 
 
 def test_per_condition_groups_sum_to_overall():

@@ -88,12 +88,12 @@ def test_evaluate_cli_on_checkpoint(tmp_path):
         rc = main(["--checkpoint", str(ckpt), "--data", str(ROOT / "config/datasets/synthetic.yaml"), "--set",
                    f"root={tmp_path / 'syn'}", "--set", "image_size=64", "--protocols", "full,nm", "--nm-levels",
                    "low", "--settings", "deployed", "--max-batches", "1", "--threads", "1", "--out", str(out),
-                   "--no-progress"])
+                   "--stack", "2", "--no-progress"])
     finally:
         torch.set_num_threads(threads)  # --threads is process-wide: do not slow down the rest of the suite
     assert rc == 0
     res = load_results(out / "results.json")["m"]
-    assert res.frames == 1 and res.predict_calls == 2 and res.settings == ["deployed"]
+    assert res.frames == 1 and res.predict_calls == 1 and res.settings == ["deployed"]  # 2 inputs stacked
     row = res.table1_row("deployed")
     assert 0.0 <= row["NM Low"] <= 100.0 and 0.0 <= row["mIoU"] <= 100.0 and row["EMM Avg"] is None
     assert (out / "report.md").is_file() and (out / "robustness.png").is_file() and (out / "data_config.yaml").is_file()

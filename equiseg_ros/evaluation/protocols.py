@@ -232,8 +232,15 @@ def _unpack(batch: Any, num_modalities: int, device: torch.device) -> tuple[torc
 
 def run_variants(predict: Predict, loader: Iterable, spec: ModelSpec, variants: Sequence[Variant], seed: int = 0,
                  device: str | torch.device = "cpu", max_batches: int | None = None,
-                 bar: Any = None) -> tuple[dict[Variant, _Accumulator], dict[str, int]]:
-    """One pass over ``loader``; every variant runs on each batch while it is in memory."""
+                 bar: Any = None, stack: int = 1) -> tuple[dict[Variant, _Accumulator], dict[str, int]]:
+    """One pass over ``loader``; every variant runs on each batch while it is in memory.
+
+    ``stack`` > 1 concatenates that many variants along the batch axis into one ``predict`` call (a batch of B
+    frames becomes B * stack model inputs): fewer, larger calls keep a GPU busy when frames come one at a time.
+    The predictor must then treat samples independently (eval-mode networks do).
+    """
+    if stack < 1:
+        raise ValueError(f"stack: must be >= 1, got {stack}")
     device = torch.device(device)
     names = spec.modality_names
     accs = {v: _Accumulator(spec.num_classes, spec.ignore_index, device) for v in variants}
@@ -244,18 +251,27 @@ def run_variants(predict: Predict, loader: Iterable, spec: ModelSpec, variants: 
             if max_batches is not None and bi >= max_batches:
                 break
             x, present, label, meta = _unpack(batch, spec.num_modalities, device)
-            groups = _groups_of(meta, x.shape[0])
+            b = x.shape[0]
+            groups = _groups_of(meta, b)
             keys = LabelKeys(label, spec.num_classes, spec.ignore_index)
             for (kind, value), idx in groups.items():
                 group_frames[f"{kind}:{value}"] = group_frames.get(f"{kind}:{value}", 0) + len(idx)
-            for v in variants:
-                xi, pi = v.build(x, present, names, make_generator(_variant_seed(seed, bi, v), device))
+            for start in range(0, len(variants), stack):
+                chunk = variants[start:start + stack]
+                built = [v.build(x, present, names, make_generator(_variant_seed(seed, bi, v), device)) for v in chunk]
+                if len(built) == 1:
+                    xi, pi = built[0]
+                else:
+                    xi, pi = torch.cat([t[0] for t in built]), torch.cat([t[1] for t in built])
                 pred = to_labels(predict(xi, pi), tuple(label.shape[-2:])).to(device)
-                accs[v].add(keys.confusion(pred), groups)
+                if pred.shape[0] != b * len(chunk):
+                    raise ValueError(f"predict: returned {pred.shape[0]} predictions for {b * len(chunk)} inputs")
+                for j, v in enumerate(chunk):
+                    accs[v].add(keys.confusion(pred[j * b:(j + 1) * b]), groups)
                 stats["predict_calls"] += 1
                 if bar is not None:
-                    bar.update(1)
-            stats["frames"] += x.shape[0]
+                    bar.update(len(chunk))
+            stats["frames"] += b
             stats["batches"] += 1
     stats["group_frames"] = group_frames  # type: ignore[assignment]
     return accs, stats
@@ -401,13 +417,14 @@ def evaluate(predict: Predict, loader: Iterable, spec: ModelSpec, protocols: Seq
              settings: Sequence[str] = SETTINGS, rmm_rates: Sequence[float] = (0.25, 0.5, 0.75),
              nm_levels: Sequence[str] = ("low", "mid", "high"), seed: int = 0, device: str | torch.device = "cpu",
              max_batches: int | None = None, progress: bool = True, table_rmm_rate: float = 0.5,
-             all_reduce: bool = False) -> EvalResult:
+             all_reduce: bool = False, stack: int = 1) -> EvalResult:
     """Run the requested protocols in one pass over ``loader`` and aggregate them.
 
     ``predict(x [B,M,3,H,W], present [B,M] bool)`` returns class ids [B,H,W] or logits [B,K,h,w]; it must not
     modify its inputs in place (the clean batch is reused for every variant). For cheap periodic validation use
     ``protocols=("full",)`` or ``("full", "emm")`` and one setting. ``all_reduce=True`` sums the confusion matrices
-    over DDP ranks (each rank evaluates its shard of the data) before the figures are computed.
+    over DDP ranks (each rank evaluates its shard of the data) before the figures are computed. ``stack`` runs that
+    many input variants per ``predict`` call (see ``run_variants``); results are identical for any ``stack``.
     """
     protocols = list(dict.fromkeys(protocols))
     settings = list(dict.fromkeys(settings))
@@ -427,8 +444,8 @@ def evaluate(predict: Predict, loader: Iterable, spec: ModelSpec, protocols: Seq
     from tqdm import tqdm
 
     t0 = time.perf_counter()
-    with tqdm(total=total, disable=not progress, unit="pred", desc=f"evaluate ({len(variants)} inputs/batch)") as bar:
-        accs, stats = run_variants(predict, loader, spec, variants, seed, device, max_batches, bar)
+    with tqdm(total=total, disable=not progress, unit="input", desc=f"evaluate ({len(variants)} inputs/batch)") as bar:
+        accs, stats = run_variants(predict, loader, spec, variants, seed, device, max_batches, bar, stack)
     if all_reduce:  # every rank reaches this point with the same variants in the same order
         for acc in accs.values():
             acc.overall.all_reduce()  # groups stay per rank: their keys may differ between ranks
