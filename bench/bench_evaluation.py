@@ -126,6 +126,8 @@ def main() -> int:
         "naive": {"passes": len(keymap), "predict_calls": len(keymap) * res.frames, "seconds": round(naive_s, 3),
                   "frames_per_s": round(res.frames / naive_s, 4)},
         "speedup": round(naive_s / one_s, 2),
+        "reference_scripts_passes_benchmark_setting_only": len(plan(spec.num_modalities, PROTOCOLS, ("benchmark",),
+                                                                    RATES, LEVELS)),
         "load_seconds_per_frame": round(load_s, 4),
         "identical_results": bool(identical),
         "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
