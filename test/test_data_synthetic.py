@@ -37,6 +37,8 @@ def test_layout_is_read_by_the_deliver_reader(syn_root):
         assert all(img.shape == (SIZE, SIZE, 3) and img.dtype == np.uint8 for img in f.images.values())
         assert set(np.unique(f.label)) <= set(S.USED_CLASSES)
     assert total == 10
+    assert len(G.list_frames(syn_root)) == 10 and len(G.list_frames(syn_root, "val")) == len(
+        DeliverReader(syn_root, "val", ["rgb"]))
     assert (syn_root / "manifest.json").is_file()
     assert len(list((syn_root / "raw").rglob("*_calib.json"))) == 10
 

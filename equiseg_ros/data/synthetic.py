@@ -434,6 +434,20 @@ class RawFrame:
     meta: dict[str, Any]
 
 
+def list_frames(root: str | Path, split: str | None = None) -> list[FrameRecord]:
+    """Frame records of a synthetic dataset (one split, or every split found), for ``load_raw_frame``."""
+    from equiseg_ros.data.deliver import DeliverReader
+
+    root = Path(root)
+    splits = [split] if split else sorted({p.name for p in (root / "img").glob("*/*") if p.is_dir()})
+    if not splits:
+        raise FileNotFoundError(f"synthetic dataset: no frames under {root / 'img'}")
+    records: list[FrameRecord] = []
+    for sp in splits:
+        records += DeliverReader(root, sp, ["rgb"]).frames
+    return records
+
+
 def load_raw_frame(root: str | Path, record: FrameRecord) -> RawFrame:
     """The raw data of a frame record from ``DeliverReader(root, ...)`` over a synthetic dataset."""
     root = Path(root)
@@ -473,10 +487,10 @@ def write_preview(root: str | Path, path: str | Path, rows: int = 6) -> Path:
     from equiseg_ros.spec import synthetic_spec
 
     root = Path(root)
-    splits = sorted({p.name for p in (root / "img").glob("*/*") if p.is_dir()})
+    mods = ["rgb", "depth", "event", "lidar"]
     records = []
-    for sp in splits:
-        records += DeliverReader(root, sp, ["rgb", "depth", "event", "lidar"]).frames
+    for sp in sorted({r.split for r in list_frames(root)}):
+        records += DeliverReader(root, sp, mods).frames
     chosen, seen = [], set()
     for r in records:
         if r.condition not in seen or (r.corner_case and r.corner_case not in seen):
@@ -485,7 +499,7 @@ def write_preview(root: str | Path, path: str | Path, rows: int = 6) -> Path:
             seen.add(r.corner_case)
         if len(chosen) >= rows:
             break
-    reader = DeliverReader(root, chosen[0].split, ["rgb", "depth", "event", "lidar"])
+    reader = DeliverReader(root, chosen[0].split, mods)
     reader.frames = chosen
     pal = synthetic_spec().palette_array()
     tiles = []
