@@ -424,7 +424,8 @@ def evaluate(predict: Predict, loader: Iterable, spec: ModelSpec, protocols: Seq
     modify its inputs in place (the clean batch is reused for every variant). For cheap periodic validation use
     ``protocols=("full",)`` or ``("full", "emm")`` and one setting. ``all_reduce=True`` sums the confusion matrices
     over DDP ranks (each rank evaluates its shard of the data) before the figures are computed. ``stack`` runs that
-    many input variants per ``predict`` call (see ``run_variants``); results are identical for any ``stack``.
+    many input variants per ``predict`` call (see ``run_variants``); figures equal those of ``stack=1`` up to the
+    float rounding of batched kernels (a near-tie pixel may flip).
     """
     protocols = list(dict.fromkeys(protocols))
     settings = list(dict.fromkeys(settings))
