@@ -11,6 +11,7 @@ import pytest
 
 from equiseg_ros.data._io import write_png
 from equiseg_ros.data.muses import MusesReader
+from equiseg_ros.data.muses_project import load_lidar_bin, metric_rih, rgb_camera
 from equiseg_ros.data.muses_project import main as project_main
 from equiseg_ros.sensors.lidar import encode_rih, metric_rih_to_image
 
@@ -107,6 +108,26 @@ def test_projection_tool_dilation_and_sdk_threshold(sdk_root, tmp_path):
     assert np.count_nonzero(MusesReader(out, "train", ["radar"], resize=None)[0]["radar"].any(-1)) > 1
     with pytest.raises(SystemExit):
         project_main(["--root", str(sdk_root), "--out", str(out), "--sensors", "sonar"])
+
+
+def test_lidar_bin_dtypes(tmp_path):
+    pts = np.arange(18, dtype=np.float32).reshape(3, 6)
+    pts.tofile(tmp_path / "a.bin")
+    assert np.array_equal(load_lidar_bin(tmp_path / "a.bin", "float32"), pts)
+    pts.astype(np.float64).tofile(tmp_path / "b.bin")
+    assert np.array_equal(load_lidar_bin(tmp_path / "b.bin"), pts)  # the SDK reads float64
+    np.arange(7, dtype=np.float64).tofile(tmp_path / "c.bin")
+    with pytest.raises(ValueError, match="N x 6"):
+        load_lidar_bin(tmp_path / "c.bin")
+
+
+def test_metric_image_matches_sdk_float_output():
+    cam = rgb_camera(CALIB, W, H)
+    pts = np.array([[20.0, 2.0, 0.5, 80.0], [30.0, 2.0, 0.5, 10.0]])  # two pixels, two values
+    img = metric_rih(pts, np.asarray(T_CAM_SENSOR, float), cam, True, 1.0, None)
+    v, u = _pixel((20.0, 2.0, 0.5))
+    assert np.allclose(img[v, u], [np.sqrt(404.25), 80.0, 0.5], atol=1e-4)
+    assert np.count_nonzero(img[..., 0]) == 2
 
 
 def _projected_layout(root: Path) -> dict:
