@@ -37,21 +37,22 @@ def test_shapes_for_every_subset(arch):
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_absent_modality_changes_nothing(arch):
-    """Changing an absent modality's input leaves the output unchanged; marking it absent changes the output."""
+    """Changing an absent modality's input leaves the output unchanged; marking it absent changes the output.
+
+    Row j of the batch has modality j absent (one forward for all j)."""
     model = _model(arch).eval()
     m = model.num_modalities
-    x = torch.randn(2, m, 3, SIZE, SIZE)
+    x = torch.randn(m, m, 3, SIZE, SIZE)
+    present = ~torch.eye(m, dtype=torch.bool)
+    x2 = x.clone()
+    for j in range(m):
+        x2[j, j] = torch.randn(3, SIZE, SIZE) * 5
     with torch.no_grad():
-        for j in range(m):
-            present = torch.ones(2, m, dtype=torch.bool)
-            present[:, j] = False
-            y = torch.randn_like(x)
-            x2 = x.clone()
-            x2[:, j] = y[:, j] * 5
-            a, b = model(x, present), model(x2, present)
-            torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
-            full = model(x, torch.ones(2, m, dtype=torch.bool))
-            assert (full - a).abs().max() > 1e-4, f"modality {j}: present has no effect"
+        a, b = model(x, present), model(x2, present)
+        full = model(x, torch.ones(m, m, dtype=torch.bool))
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    for j in range(m):
+        assert (full[j] - a[j]).abs().max() > 1e-4, f"modality {j}: present has no effect"
 
 
 def test_benchmark_semantics_mean_includes_zero_input():
@@ -69,9 +70,9 @@ def test_benchmark_semantics_mean_includes_zero_input():
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_gradients_reach_every_parameter(arch):
-    model = _model(arch, modalities=("rgb", "depth", "event", "lidar")).train()
-    x = torch.randn(2, 4, 3, SIZE, SIZE)
-    out = model(x, torch.ones(2, 4, dtype=torch.bool), return_features=True)
+    model = _model(arch, drop_path=0.0).train()  # stochastic depth could drop a whole block for both samples
+    x = torch.randn(2, 3, 3, SIZE, SIZE)
+    out = model(x, torch.ones(2, 3, dtype=torch.bool), return_features=True)
     loss = out["logits"].square().mean() + sum(f.square().mean() for f in out["fused_features"])
     loss.backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
@@ -82,8 +83,8 @@ def test_gradients_reach_every_parameter(arch):
 
 def test_all_absent_is_finite_and_trains():
     model = _model("equiseg").train()
-    x = torch.randn(2, 3, 3, SIZE, SIZE)
-    out = model(x, torch.zeros(2, 3, dtype=torch.bool))
+    x = torch.randn(1, 3, 3, SIZE, SIZE)
+    out = model(x, torch.zeros(1, 3, dtype=torch.bool))
     out.mean().backward()
     assert torch.isfinite(out).all()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

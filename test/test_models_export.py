@@ -18,7 +18,7 @@ ort = pytest.importorskip("onnxruntime")
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_export_matches_ort_at_two_sizes(arch, tmp_path):
     torch.manual_seed(0)
-    model = build_model(ModelConfig(name=arch, backbone="mit_b0"), deliver_spec(["rgb", "depth", "lidar"])).eval()
+    model = build_model(ModelConfig(name=arch, backbone="mit_b0"), deliver_spec(["rgb", "depth"])).eval()
     m = model.num_modalities
     path = tmp_path / f"{arch}.onnx"
     x = torch.randn(1, m, 3, 64, 64)
