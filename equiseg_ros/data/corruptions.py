@@ -45,8 +45,16 @@ def emm(x: torch.Tensor, keep_mask: torch.Tensor | Sequence[bool]) -> torch.Tens
     """Entire-missing modality: zero every modality whose ``keep_mask`` entry is False ([M] or [B, M])."""
     _check_x(x)
     keep = _modality_mask(keep_mask, x, "keep_mask")
-    keep = keep.view(1 if keep.dim() == 1 else x.shape[0], x.shape[1], 1, 1, 1)
-    return torch.where(keep, x, torch.zeros((), dtype=x.dtype, device=x.device))
+    if keep.dim() == 2:  # per-sample masks
+        keep = keep.view(x.shape[0], x.shape[1], 1, 1, 1)
+        return torch.where(keep, x, torch.zeros((), dtype=x.dtype, device=x.device))
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    for m, k in enumerate(keep.tolist()):  # copy or zero each modality: one write of the output, no mask reads
+        if k:
+            out[:, m].copy_(x[:, m])
+        else:
+            out[:, m].zero_()
+    return out
 
 
 def rmm(x: torch.Tensor, damaged_mask: torch.Tensor | Sequence[bool], rate: float,
