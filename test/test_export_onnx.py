@@ -138,3 +138,18 @@ def test_cli_exports_checkpoint_with_its_hash(tmp_path, capsys):
     # A missing checkpoint is a clear error, not a traceback.
     assert main(["--checkpoint", str(tmp_path / "nope.pt"), "--out", str(out)]) == 1
     assert "nope.pt: checkpoint not found" in capsys.readouterr().err
+
+
+def test_parity_on_a_given_real_sample(tmp_path):
+    from training.export import load_sample
+
+    rng = np.random.default_rng(5)
+    np.savez(tmp_path / "frame.npz", x=rng.standard_normal((2, 3, 96, 64)).astype(np.float32),
+             present=np.array([True, False]))
+    x, present = load_sample(tmp_path / "frame.npz", SPEC2)
+    assert x.shape == (1, 2, 3, 96, 64) and present.tolist() == [[True, False]]
+    rep = export_onnx(ToyModel(SPEC2), SPEC2, tmp_path / "t.onnx", (64, 64), dynamic=True, sample=(x, present))
+    assert rep.parity[0].size == (96, 64) and rep.parity[0].present == [True, False]
+    np.savez(tmp_path / "bad.npz", image=np.zeros(3))
+    with pytest.raises(ExportError, match="bad.npz: sample .npz needs an array 'x'"):
+        load_sample(tmp_path / "bad.npz", SPEC2)

@@ -173,18 +173,19 @@ def test_onnx_runs_without_torch(toy_onnx):
 def test_torch_backend_matches_onnxruntime_on_a_real_model(tmp_path):
     from equiseg_ros.models.build import build_model
 
+    spec = synthetic_spec(["rgb", "lidar"])
     cfg = ModelConfig(name="m_segformer", decoder_dim=32, drop_path=0.0)
     torch.manual_seed(0)
-    model = build_model(cfg, SPEC3).eval()
-    ckpt = save_checkpoint(tmp_path / "m.pt", model.state_dict(), SPEC3, {"model": to_dict(cfg)})
-    export_onnx(model, SPEC3, tmp_path / "m.onnx", (64, 64), dynamic=True)
+    model = build_model(cfg, spec).eval()
+    ckpt = save_checkpoint(tmp_path / "m.pt", model.state_dict(), spec, {"model": to_dict(cfg)})
+    export_onnx(model, spec, tmp_path / "m.onnx", (64, 64), dynamic=True)
     tb = load_backend(ckpt, torch_threads=2)
     ob = load_backend(tmp_path / "m.onnx", prefer=["onnxruntime"])
-    assert tb.name == "torch" and tb.spec == SPEC3 and tb.describe()["model"] == "m_segformer"
+    assert tb.name == "torch" and tb.spec == spec and tb.describe()["model"] == "m_segformer"
     for h, w in ((64, 64), (64, 128)):
-        x, p = _inputs(1, h, w, seed=3)
-        p[0, 2] = False
-        x[:, 2] = 0
+        x, p = _inputs(1, h, w, m=2, seed=3)
+        p[0, 1] = False
+        x[:, 1] = 0
         (tl, tc), (ol, oc) = tb.infer(x, p), ob.infer(x, p)
         assert (tl == ol).mean() >= 0.999 and np.abs(tc - oc).max() < 1e-2
 
