@@ -82,8 +82,15 @@ def salt_pepper_indices(numel: int, density: float, generator: torch.Generator |
     n = int(math.ceil(density * numel * 0.5))
     if 2 * n > numel:
         raise ValueError(f"density: {density} needs {2 * n} of {numel} elements")
-    perm = torch.randperm(numel, generator=generator, device=device)[: 2 * n]
-    return perm[:n], perm[n:]
+    # The 2n smallest of numel i.i.d. uniforms are a uniformly random 2n-subset, and their order by value a random
+    # permutation of it (first n salt, next n pepper). Sorting only the candidates below a threshold a little above
+    # 2n/numel is 2-4x faster than a full randperm at 1024^2.
+    u = torch.rand(numel, generator=generator, device=device)
+    cand = torch.nonzero(u < min(1.0, 2 * n / numel * 1.02 + 64 / numel)).flatten()
+    if cand.numel() < 2 * n:  # practically never: fall back to all elements
+        cand = torch.arange(numel, device=device)
+    chosen = cand[torch.argsort(u[cand])[: 2 * n]]
+    return chosen[:n], chosen[n:]
 
 
 def salt_and_pepper(t: torch.Tensor, density: float, generator: torch.Generator | None = None) -> torch.Tensor:
