@@ -162,7 +162,10 @@ def cast(street: Street, origin: np.ndarray, dirs: np.ndarray, bbox_fn) -> Hits:
     bx = street.boxes
     for i in range(len(bx.label)):
         lo, hi = bx.lo[i], bx.hi[i]
-        corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+        # Culling only: a box reaching behind the sensor (the sidewalks) is bounded by its part more than 1 m
+        # ahead; nothing of it nearer than that is inside either sensor's field of view in these streets.
+        zlo = max(float(lo[2]), float(o[2]) + 1.0) if hi[2] > o[2] + 1.0 else float(lo[2])
+        corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (zlo, hi[2])])
         win = bbox_fn(corners)
         if win is None:
             continue
