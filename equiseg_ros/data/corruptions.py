@@ -127,9 +127,15 @@ def nm(x: torch.Tensor, level: str | int, modality_names: Sequence[str], generat
     if len(modality_names) != x.shape[1]:
         raise ValueError(f"modality_names: {len(modality_names)} names for {x.shape[1]} modalities in x")
     _, density, std = nm_level(level)
-    out = x.clone()
-    for m in range(x.shape[1]):  # salt-and-pepper on every modality first, as the reference does
-        out[:, m] = salt_and_pepper(x[:, m], density, generator)
+    out = x.contiguous().clone()
+    b, mods = x.shape[:2]
+    per = out[0, 0].numel()  # elements of one modality of one sample (C * H * W)
+    flat = out.view(-1)
+    for m in range(mods):  # salt-and-pepper on every modality first, as the reference does (same draws as
+        hi, lo = x[:, m].max(), x[:, m].min()  # salt_and_pepper(x[:, m]), written in place into the output)
+        salt, pepper = salt_pepper_indices(b * per, density, generator, x.device)
+        for idx, value in ((salt, hi), (pepper, lo)):
+            flat[(idx // per * mods + m) * per + idx % per] = value  # [B, C*H*W] index -> index in [B, M, ...]
     for m, name in enumerate(modality_names):
         if name in no_gaussian:
             continue
