@@ -39,7 +39,12 @@ def test_report_renders_papers_layouts(tmp_path):
                "B": evaluate(_model(12), b, spec, protocols=("full", "emm"), progress=False)}
     paths = write_report(results, tmp_path, spec)
     md = paths["markdown"].read_text()
-    assert md.count(TABLE1_HEADER) == 2 + 2 * 2  # per setting, plus one per condition (night, sun) per setting
+    assert md.count(TABLE1_HEADER) == 2  # one per setting
+    cond_header = "| Condition / case | Model | Frames | " + TABLE1_HEADER.split("| Model | ")[1]
+    assert md.count(cond_header) == 2
+    night = [line for line in md.splitlines() if line.startswith("| night |")]
+    assert len(night) == 4 and night[0].startswith("| night | A | 1 |")  # 2 models x 2 settings
+    assert "**" in night[0] + night[1]  # best of the two models within the condition is bold
     assert md.count(ANY_HEADER) == 2
     row_a = results["A"].table1_row("benchmark")
     assert f"| A | {row_a['mIoU']:.2f} |" in md.replace("**", "")

@@ -27,18 +27,38 @@ def _fmt(v: float | None) -> str:
     return str(v) if isinstance(v, int) else f"{v:.2f}"
 
 
-def markdown_table(header: Sequence[str], rows: Sequence[tuple[str, Sequence[float | None]]],
+def markdown_table(header: Sequence[str], rows: Sequence[tuple[str | Sequence[str], Sequence[float | None]]],
                    bold_best: bool = True) -> str:
-    """A markdown table; with ``bold_best`` the largest value of each column with 2+ values is bold."""
-    best: list[float | None] = []
-    for j in range(len(header) - 1):
-        vals = [r[1][j] for r in rows if r[1][j] is not None]
-        best.append(max(vals) if bold_best and len(vals) > 1 else None)
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
-    for name, vals in rows:
-        cells = [f"**{_fmt(v)}**" if v is not None and best[j] is not None and round(v, 2) == round(best[j], 2)
-                 else _fmt(v) for j, v in enumerate(vals)]
-        lines.append("| " + " | ".join([name.replace("|", "/"), *cells]) + " |")
+    """A markdown table. A row is (label or labels, values); the header names the label columns then the values.
+
+    With ``bold_best`` the largest value of each column is bold, compared among rows sharing their first label (one
+    model per row: the whole column; several label columns, e.g. condition + model: within each condition), and
+    only where 2+ values compete.
+    """
+    def labels(r: tuple) -> list[str]:
+        return [r[0]] if isinstance(r[0], str) else list(r[0])
+
+    n_labels = len(labels(rows[0])) if rows else 1
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        groups.setdefault(labels(r)[0] if n_labels > 1 else "", []).append(i)
+    best: dict[tuple[int, int], float] = {}
+    if bold_best:
+        for members in groups.values():
+            for j in range(len(header) - n_labels):
+                vals = [rows[i][1][j] for i in members if rows[i][1][j] is not None]
+                if len(vals) > 1:
+                    for i in members:
+                        best[(i, j)] = max(vals)
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join(["---"] * n_labels + ["---:"] * (len(header) - n_labels)) + "|"]
+    for i, r in enumerate(rows):
+        cells = []
+        for j, v in enumerate(r[1]):
+            b = best.get((i, j))
+            cells.append(f"**{_fmt(v)}**" if v is not None and b is not None and round(v, 2) == round(b, 2)
+                         else _fmt(v))
+        lines.append("| " + " | ".join([*(t.replace("|", "/") for t in labels(r)), *cells]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -71,22 +91,19 @@ def anymodal_markdown(results: Mapping[str, EvalResult], spec: ModelSpec | None 
 
 
 def conditions_markdown(results: Mapping[str, EvalResult], setting: str = "benchmark") -> str | None:
-    """Table-1 rows per weather condition and corner case, models side by side."""
-    parts = []
-    for attr, title in (("by_condition", "condition"), ("by_corner_case", "corner case")):
-        names = sorted({g for r in results.values() for g in getattr(r, attr)})
-        for g in names:
-            rows = []
+    """One table of Table-1 rows per weather condition, then per corner case, models side by side."""
+    rows = []
+    for attr in ("by_condition", "by_corner_case"):
+        for g in sorted({g for r in results.values() for g in getattr(r, attr)}):
             for model, r in results.items():
                 entry = getattr(r, attr).get(g)
                 if entry is None or setting not in entry:
                     continue
-                rows.append((f"{model} ({entry.get('frames', 0)} frames)",
+                rows.append(((g, model, str(entry.get("frames", 0))),
                              [entry[setting]["table1"][c] for c in TABLE1_COLUMNS]))
-            if rows:
-                parts.append(f"#### {title}: {g}\n\n"
-                             + markdown_table(["Model", *(TABLE1_HEADERS[c] for c in TABLE1_COLUMNS)], rows))
-    return "\n".join(parts) if parts else None
+    if not rows:
+        return None
+    return markdown_table(["Condition / case", "Model", "Frames", *(TABLE1_HEADERS[c] for c in TABLE1_COLUMNS)], rows)
 
 
 def per_class_markdown(results: Mapping[str, EvalResult], setting: str = "benchmark") -> str | None:
