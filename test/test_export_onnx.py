@@ -106,19 +106,26 @@ def test_export_rejects_bad_size():
         export_onnx(ToyModel(SPEC2), SPEC2, "/nonexistent/x.onnx", (60, 64))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["equiseg", "m_segformer", "cmnext"])
 def test_every_model_exports_with_parity_at_two_sizes(tmp_path, name):
     from equiseg_ros.models.build import build_model
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(name=name, decoder_dim=32, drop_path=0.0), SPEC2).eval()
-    rep = export_onnx(model, SPEC2, tmp_path / f"{name}.onnx", (64, 64), dynamic=True,
-                      parity_sizes=[(64, 64), (96, 128)])
+    out = tmp_path / f"{name}.onnx"
+    rep = export_onnx(model, SPEC2, out, (64, 64), dynamic=True, parity_sizes=[(64, 64), (96, 128)])
     assert {p.size for p in rep.parity} == {(64, 64), (96, 128)}
     assert all(p.passed and p.label_agreement >= 0.999 for p in rep.parity)
     assert rep.max_confidence_diff < 1e-2
+    # Same pixels, depth marked absent: the exported graph must still see `present`.
+    x = np.random.default_rng(4).standard_normal((1, 2, 3, 64, 64)).astype(np.float32)
+    _, c_all = _run(out, x, np.array([[True, True]]))
+    _, c_drop = _run(out, x, np.array([[True, False]]))
+    assert np.abs(c_all.astype(np.float32) - c_drop).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_cli_exports_checkpoint_with_its_hash(tmp_path, capsys):
     from equiseg_ros.models.build import build_model
 

@@ -170,6 +170,7 @@ def test_onnx_runs_without_torch(toy_onnx):
     assert res.stdout.strip() == "onnxruntime"
 
 
+@pytest.mark.slow
 def test_torch_backend_matches_onnxruntime_on_a_real_model(tmp_path):
     from equiseg_ros.models.build import build_model
 
