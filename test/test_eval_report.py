@@ -70,6 +70,11 @@ def test_anymodal_columns_follow_the_spec():
     md = anymodal_markdown({"AnySeg-like": res}, spec, "deployed")
     assert md.splitlines()[0] == "| Method | F | E | L | FE | FL | EL | FEL | Mean |"
     assert anymodal_markdown({"x": res}, spec, "benchmark") is None
+    spec2 = muses_spec(["rgb", "lidar"])
+    res2 = evaluate(_model(1), _batches(spec2), spec2, protocols=("anymodal",), settings=("deployed",), progress=False)
+    both = anymodal_markdown({"FEL": res, "FL": res2}, spec2, "deployed").splitlines()
+    assert both[0] == "| Method | F | E | L | FE | FL | EL | FEL | Mean |" and both[2].startswith("| FEL |")
+    assert "| Method | F | L | FL | Mean |" in both and both[-1].startswith("| FL |")
 
 
 def test_evaluate_cli_on_checkpoint(tmp_path):

@@ -70,24 +70,28 @@ def table1_markdown(results: Mapping[str, EvalResult], setting: str = "benchmark
 
 
 def subset_columns(spec: ModelSpec | None, result: EvalResult) -> list[str]:
-    """Any-modality column names in table order (R, D, E, L, RD, ..., RDEL)."""
-    shorts = [m.short for m in spec.modalities] if spec is not None else result.modality_shorts
+    """Any-modality column names in table order (R, D, E, L, RD, ..., RDEL) from the result's own modalities
+    (``spec`` is used only when it has the same modalities, e.g. to rename them)."""
+    shorts = result.modality_shorts
+    if spec is not None and list(spec.modality_names) == list(result.modality_names):
+        shorts = [m.short for m in spec.modalities]
     return ["".join(s for s, k in zip(shorts, keep) if k) for keep in subsets(len(shorts))]
 
 
 def anymodal_markdown(results: Mapping[str, EvalResult], spec: ModelSpec | None = None,
                       setting: str = "benchmark") -> str | None:
-    """RMMSS Table 1 (any-modality evaluation) for one setting; None if no model has it."""
-    rows, cols = [], None
+    """RMMSS Table 1 (any-modality evaluation) for one setting; None if no model has it. Models with different
+    modality sets (e.g. RGB-D next to RGB-D-E-L) get one table each, since their columns differ."""
+    tables: dict[tuple[str, ...], list] = {}
     for name, r in results.items():
         row = r.anymodal_row(setting) if setting in r.results else None
         if row is None:
             continue
-        cols = cols or subset_columns(spec, r)
-        rows.append((name, [row.get(c) for c in cols] + [row.get("Mean")]))
-    if not rows or cols is None:
+        cols = tuple(subset_columns(spec, r))
+        tables.setdefault(cols, []).append((name, [row.get(c) for c in cols] + [row.get("Mean")]))
+    if not tables:
         return None
-    return markdown_table(["Method", *cols, "Mean"], rows)
+    return "\n".join(markdown_table(["Method", *cols, "Mean"], rows) for cols, rows in tables.items())
 
 
 def conditions_markdown(results: Mapping[str, EvalResult], setting: str = "benchmark") -> str | None:
