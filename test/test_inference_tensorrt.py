@@ -241,3 +241,194 @@ def test_tensorrt_missing_is_a_clear_error(onnx_files, capsys):
     assert "cannot build a TensorRT engine here: TensorRT is not installed" in capsys.readouterr().err
     assert build_engine.main(["--onnx", str(onnx_files / "missing.onnx")]) == 1
     assert "missing.onnx: ONNX file not found" in capsys.readouterr().err
+
+
+# ---- our call sequence against a stand-in for TensorRT ----------------------------------------------------
+# TensorRT cannot run here. This stand-in implements only the documented TRT 10 Python calls our code makes, and
+# "builds" an engine that is the parsed ONNX run by ONNX Runtime; device memory is host memory. It checks OUR
+# plumbing (ONNX preparation, cache, buffer allocation, copies, shapes, dtypes, outputs); it says nothing about
+# TensorRT itself.
+
+class _FakeTRT:
+    __version__ = "10.99.0-stub"
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, level):
+            self.level = level
+
+    class NetworkDefinitionCreationFlag:
+        STRONGLY_TYPED = 0
+
+    class MemoryPoolType:
+        WORKSPACE = 0
+
+    class TensorIOMode:
+        INPUT, OUTPUT = 1, 2
+
+    @staticmethod
+    def nptype(dtype):
+        return dtype
+
+    class _Holder:
+        def __init__(self, data=b""):
+            self.data = data
+
+        def serialize(self):
+            return self.data
+
+    class Builder:
+        def __init__(self, logger):
+            self.calls = []
+
+        def create_network(self, flags):
+            assert flags == 1 << 0, "the network must be created strongly typed"
+            return _FakeTRT._Holder()
+
+        def create_builder_config(self):
+            cfg = _FakeTRT._Holder()
+            cfg.profiles, cfg.limits = [], {}
+            cfg.set_memory_pool_limit = lambda pool, n: cfg.limits.__setitem__(pool, n)
+            cfg.add_optimization_profile = cfg.profiles.append
+            cfg.create_timing_cache = lambda blob: _FakeTRT._Holder(bytes(blob) + b"+t")
+            cfg.set_timing_cache = lambda cache, ignore: setattr(cfg, "timing", cache)
+            cfg.get_timing_cache = lambda: cfg.timing
+            return cfg
+
+        def create_optimization_profile(self):
+            prof = _FakeTRT._Holder()
+            prof.shapes = {}
+            prof.set_shape = lambda name, a, b, c: prof.shapes.__setitem__(name, (a, b, c))
+            return prof
+
+        def build_serialized_network(self, network, config):
+            assert config.limits[0] == 64 << 20 and len(config.profiles) == 1
+            return network.data  # the "engine" is the parsed ONNX
+
+    class OnnxParser:
+        num_errors = 0
+
+        def __init__(self, network, logger):
+            self.network = network
+
+        def parse(self, data):
+            self.network.data = bytes(data)
+            return True
+
+    class Runtime:
+        def __init__(self, logger):
+            pass
+
+        def deserialize_cuda_engine(self, data):
+            return _FakeEngine(data)
+
+
+class _FakeEngine:
+    def __init__(self, data):
+        self.sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        self.io = [(i.name, _FakeTRT.TensorIOMode.INPUT) for i in self.sess.get_inputs()] + \
+                  [(o.name, _FakeTRT.TensorIOMode.OUTPUT) for o in self.sess.get_outputs()]
+        types = {"tensor(float)": np.float32, "tensor(bool)": np.bool_, "tensor(uint8)": np.uint8,
+                 "tensor(float16)": np.float16}
+        self.dtypes = {i.name: types[i.type] for i in self.sess.get_inputs() + self.sess.get_outputs()}
+        self.num_io_tensors = len(self.io)
+
+    def get_tensor_name(self, i):
+        return self.io[i][0]
+
+    def get_tensor_mode(self, name):
+        return dict(self.io)[name]
+
+    def get_tensor_dtype(self, name):
+        return self.dtypes[name]
+
+    def create_execution_context(self):
+        return _FakeContext(self)
+
+
+class _FakeContext:
+    def __init__(self, engine):
+        self.engine, self.shapes, self.addr = engine, {}, {}
+
+    def set_input_shape(self, name, shape):
+        self.shapes[name] = tuple(shape)
+
+    def get_tensor_shape(self, name):
+        b, _, _, h, w = self.shapes["x"]
+        return self.shapes.get(name, (b, h, w))
+
+    def set_tensor_address(self, name, ptr):
+        self.addr[name] = ptr
+
+    def _view(self, name):
+        import ctypes
+
+        dtype = np.dtype(self.engine.dtypes[name])
+        shape = self.get_tensor_shape(name)
+        buf = (ctypes.c_char * (int(np.prod(shape)) * dtype.itemsize)).from_address(self.addr[name])
+        return np.frombuffer(buf, dtype).reshape(shape)
+
+    def execute_async_v3(self, stream):
+        outs = self.engine.sess.run(["labels", "confidence"], {"x": self._view("x"), "present": self._view("present")})
+        for name, arr in zip(["labels", "confidence"], outs):
+            self._view(name)[...] = arr
+        return True
+
+
+class _HostAsDevice:
+    """CudaRuntime stand-in: 'device' buffers are host buffers, copies are memmove."""
+
+    def __init__(self, device=0):
+        self.stream, self.keep, self.closed = 0, [], False
+
+    def malloc(self, nbytes):
+        buf = np.zeros(max(1, nbytes), np.uint8)
+        self.keep.append(buf)
+        return buf.ctypes.data
+
+    def to_device(self, dst, src, n):
+        import ctypes
+
+        ctypes.memmove(dst, src, n)
+
+    to_host = to_device
+
+    def synchronize(self):
+        pass
+
+    def close(self):
+        self.closed = True
+
+
+def test_tensorrt_backend_plumbing_against_a_stand_in(onnx_files, tmp_path, monkeypatch):
+    import importlib.machinery
+    import types
+
+    from equiseg_ros.inference import _cuda
+    from equiseg_ros.inference.backend import load_backend
+    from equiseg_ros.inference.onnx_backend import OnnxRuntimeBackend
+
+    fake = types.ModuleType("tensorrt")
+    fake.__spec__ = importlib.machinery.ModuleSpec("tensorrt", None)
+    for k, v in vars(_FakeTRT).items():
+        if not k.startswith("__") or k == "__version__":
+            setattr(fake, k, v)
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    monkeypatch.setattr(_cuda, "cuda_device", lambda i=0: _cuda.CudaDevice(i, "Stub GPU", "8.9"))
+    monkeypatch.setattr(_cuda, "CudaRuntime", _HostAsDevice)
+    b = load_backend(onnx_files / "dyn.onnx", cache_dir=tmp_path, precision="fp16", workspace_mb=64, size=(64, 96))
+    assert b.name == "tensorrt" and b.device == "cuda:0" and b.input_size == (64, 96) and b.fixed_batch == 1
+    assert b.path == tmp_path / "dyn.fp16.sm89.engine" and b.describe()["precision"] == "fp16"
+    assert (tmp_path / "dyn.sm89.trt10.99.0-stub.timing.cache").read_bytes() == b"+t"  # written back
+    x = np.random.default_rng(0).standard_normal((1, 2, 3, 64, 96)).astype(np.float32)
+    present = np.array([[True, False]])
+    labels, conf = b.infer(x, present)
+    ref_l, ref_c = OnnxRuntimeBackend(onnx_files / "dyn.onnx").infer(x, present)
+    assert labels.dtype == np.uint8 and conf.dtype == np.float32 and labels.shape == (1, 64, 96)
+    assert (labels == ref_l).mean() >= 0.99 and np.abs(conf - ref_c).max() < 1e-2  # mixed-FP16 graph vs FP32
+    b.close()
+    # Second start: the engine comes from the cache (the builder would fail now).
+    monkeypatch.setattr(_FakeTRT.Builder, "build_serialized_network", lambda *a: None)
+    again = load_backend(onnx_files / "dyn.onnx", cache_dir=tmp_path, precision="fp16", size=(64, 96))
+    np.testing.assert_array_equal(again.infer(x, present)[0], labels)
