@@ -248,10 +248,10 @@ def _ddp_eval_worker(rank: int, world: int, init: str, out: str) -> None:
 
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     try:
-        shard = _batches(n=2, all_classes=False)[rank::world]
+        shard = _batches(n=3, all_classes=False)[rank::world]  # rank 0: cloud + night, rank 1: fog
         res = evaluate(_toy_model, shard, SPEC, protocols=("full", "emm"), progress=False, all_reduce=True)
         if rank == 0:
-            torch.save({"row": res.table1_row("deployed"), "frames": res.frames}, out)
+            torch.save({"row": res.table1_row("deployed"), "frames": res.frames, "cond": res.by_condition}, out)
     finally:
         dist.destroy_process_group()
 
@@ -263,6 +263,10 @@ def test_ddp_all_reduce_equals_single_process(tmp_path):
     mp.start_processes(_ddp_eval_worker, args=(2, f"file://{tmp_path / 'store'}", out), nprocs=2, join=True,
                        start_method="fork")
     got = torch.load(out)
-    whole = evaluate(_toy_model, _batches(n=2, all_classes=False), SPEC, protocols=("full", "emm"), progress=False)
-    assert got["frames"] == whole.frames == 4
+    whole = evaluate(_toy_model, _batches(n=3, all_classes=False), SPEC, protocols=("full", "emm"), progress=False)
+    assert got["frames"] == whole.frames == 6
     assert got["row"] == pytest.approx(whole.table1_row("deployed"))
+    assert sorted(got["cond"]) == sorted(CONDITIONS)  # conditions seen by either rank, reduced on both
+    for c in CONDITIONS:
+        assert got["cond"][c]["frames"] == 2
+        assert got["cond"][c]["deployed"]["table1"] == pytest.approx(whole.by_condition[c]["deployed"]["table1"])

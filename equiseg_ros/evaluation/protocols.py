@@ -392,16 +392,35 @@ class EvalResult:
         return p
 
 
-def _all_reduce_counts(stats: Mapping[str, Any], device: str | torch.device) -> dict[str, int]:
-    """Frame, batch and predict-call counts summed over DDP ranks (unchanged without a process group)."""
+def _all_reduce(accs: Mapping[Variant, _Accumulator], stats: dict[str, Any], device: str | torch.device) -> None:
+    """Sum confusion matrices (overall and per condition group) and counts over DDP ranks, in place.
+
+    Ranks may have seen different conditions, so the union of group keys is gathered first and every rank reduces
+    the same matrices in the same order (missing ones as zeros). Without a process group nothing changes.
+    """
     import torch.distributed as dist
 
-    keys = ("frames", "batches", "predict_calls")
     if not (dist.is_available() and dist.is_initialized()):
-        return {k: int(stats[k]) for k in keys}
-    t = torch.tensor([int(stats[k]) for k in keys], dtype=torch.int64, device=device)
+        return
+    local = sorted({g for acc in accs.values() for g in acc.groups} | {tuple(k.split(":", 1))
+                                                                       for k in stats["group_frames"]})
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, local)
+    union = sorted({tuple(g) for part in gathered for g in part})
+    for acc in accs.values():  # same variants in the same order on every rank
+        acc.overall.all_reduce()
+        for g in union:
+            if g not in acc.groups:
+                acc.groups[g] = ConfusionMatrix(*acc.args)
+            acc.groups[g].all_reduce()
+    keys = ("frames", "batches", "predict_calls")
+    frames = stats["group_frames"]
+    t = torch.tensor([int(stats[k]) for k in keys] + [int(frames.get(f"{a}:{b}", 0)) for a, b in union],
+                     dtype=torch.int64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return dict(zip(keys, (int(v) for v in t.tolist())))
+    vals = [int(v) for v in t.tolist()]
+    stats.update(zip(keys, vals[:3]))
+    stats["group_frames"] = {f"{a}:{b}": v for (a, b), v in zip(union, vals[3:])}
 
 
 def _resolve_table_rate(rmm_rates: Sequence[float], wanted: float) -> float | None:
@@ -423,7 +442,8 @@ def evaluate(predict: Predict, loader: Iterable, spec: ModelSpec, protocols: Seq
     ``predict(x [B,M,3,H,W], present [B,M] bool)`` returns class ids [B,H,W] or logits [B,K,h,w]; it must not
     modify its inputs in place (the clean batch is reused for every variant). For cheap periodic validation use
     ``protocols=("full",)`` or ``("full", "emm")`` and one setting. ``all_reduce=True`` sums the confusion matrices
-    over DDP ranks (each rank evaluates its shard of the data) before the figures are computed. ``stack`` runs that
+    over DDP ranks (each rank evaluates its shard of the data; shards may differ in size and in conditions) before
+    the figures are computed, per-condition ones included. ``stack`` runs that
     many input variants per ``predict`` call (see ``run_variants``); figures equal those of ``stack=1`` up to the
     float rounding of batched kernels (a near-tie pixel may flip).
     """
@@ -448,9 +468,7 @@ def evaluate(predict: Predict, loader: Iterable, spec: ModelSpec, protocols: Seq
     with tqdm(total=total, disable=not progress, unit="input", desc=f"evaluate ({len(variants)} inputs/batch)") as bar:
         accs, stats = run_variants(predict, loader, spec, variants, seed, device, max_batches, bar, stack)
     if all_reduce:  # every rank reaches this point with the same variants in the same order
-        for acc in accs.values():
-            acc.overall.all_reduce()  # groups stay per rank: their keys may differ between ranks
-        stats.update(_all_reduce_counts(stats, device))
+        _all_reduce(accs, stats, device)
     if stats["frames"] == 0:
         raise ValueError("loader: yielded no batches")
     seconds = time.perf_counter() - t0
