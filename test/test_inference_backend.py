@@ -29,7 +29,11 @@ from equiseg_ros.inference.backend import (  # noqa: E402
     read_onnx_spec,
 )
 from equiseg_ros.inference.engine_cache import DeviceInfo, EngineRequest, make_sidecar, sidecar_path  # noqa: E402
-from equiseg_ros.inference.onnx_backend import OnnxRuntimeBackend, choose_providers  # noqa: E402
+from equiseg_ros.inference.onnx_backend import (  # noqa: E402
+    OnnxRuntimeBackend,
+    choose_providers,
+    provider_options,
+)
 from equiseg_ros.spec import synthetic_spec  # noqa: E402
 from training.export import export_onnx  # noqa: E402
 
@@ -124,6 +128,11 @@ def test_provider_order_and_missing_providers(toy_onnx):
     assert choose_providers(avail) == ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     assert choose_providers(["CUDAExecutionProvider", "CPUExecutionProvider"]) == ["CUDAExecutionProvider",
                                                                                    "CPUExecutionProvider"]
+    opts = provider_options(["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+                            cache_dir=Path("/cache"), precision="fp16", device_id=1)
+    assert opts[0] == {"device_id": 1, "trt_fp16_enable": True, "trt_engine_cache_enable": True,
+                       "trt_engine_cache_path": "/cache"}
+    assert opts[1:] == [{"device_id": 1}, {}]
     with pytest.raises(BackendUnavailable, match="none of the execution providers"):
         OnnxRuntimeBackend(toy_onnx / "dyn.onnx", providers=["CUDAExecutionProvider"])  # this onnxruntime: CPU only
 

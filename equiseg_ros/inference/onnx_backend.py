@@ -71,6 +71,8 @@ class OnnxRuntimeBackend(Backend):
         import onnxruntime as ort
 
         chosen = choose_providers(ort.get_available_providers(), providers)
+        if cache_dir is None and "TensorrtExecutionProvider" in chosen:
+            cache_dir = path.parent / "ort_trt_cache"  # else the TensorRT EP rebuilds its engines on every start
         so = ort.SessionOptions()
         so.intra_op_num_threads = int(intra_op_threads)  # 0 = onnxruntime's default (one per physical core)
         so.inter_op_num_threads = int(inter_op_threads)
