@@ -8,6 +8,9 @@ artefacts (``--model-onnx``, run through ``equiseg_ros.inference.backend.load_ba
 on the validation split of ``--data`` with its own modalities (taken from the model's spec), and the report lands
 in ``--out``: ``results.json`` (every figure), ``report.md`` (EQUISeg Table 1 and RMMSS any-modality layouts,
 per-condition tables, per-class IoU) and ``robustness.png``, beside the resolved data config and the arguments.
+
+Under ``torchrun --nproc_per_node N training/evaluate.py ...`` the frames are sharded over the processes (nccl on GPUs,
+gloo on CPU), the confusion matrices all-reduced, and rank 0 writes the report.
 """
 from __future__ import annotations
 
@@ -62,7 +65,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--stack", type=int, default=1,
                     help="input variants per model call (concatenated on the batch axis; >1 keeps a GPU busy; "
                          "exported models need a dynamic batch axis); default 1")
-    ap.add_argument("--max-batches", type=int, default=None, help="stop after N batches (quick looks)")
+    ap.add_argument("--max-batches", type=int, default=None,
+                    help="stop after N batches (quick looks; per process under torchrun)")
     ap.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: the config's)")
     ap.add_argument("--device", default="cpu", help="torch device for checkpoints and metrics (default cpu)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the RMM/NM corruptions (default 0)")
@@ -144,9 +148,11 @@ def load_onnx_predictor(path: str, device: str) -> tuple[Callable, ModelSpec]:
     return predict, backend.spec
 
 
-def make_loader(data_cfg: DataConfig, spec: ModelSpec, split: str, batch_size: int, num_workers: int) -> Any:
-    """Validation DataLoader of ``data_cfg`` restricted to (and ordered by) the model's modalities."""
-    from torch.utils.data import DataLoader
+def make_loader(data_cfg: DataConfig, spec: ModelSpec, split: str, batch_size: int, num_workers: int,
+                rank: int = 0, world: int = 1) -> Any:
+    """Validation DataLoader of ``data_cfg`` restricted to (and ordered by) the model's modalities; under torchrun
+    each rank reads frames rank, rank + world, ... (no padding, so no frame is counted twice)."""
+    from torch.utils.data import DataLoader, Subset
 
     from equiseg_ros.data.dataset import build_dataset, collate
 
@@ -162,7 +168,8 @@ def make_loader(data_cfg: DataConfig, spec: ModelSpec, split: str, batch_size: i
     ds = build_dataset(cfg, split, train=False)
     if len(ds) == 0:
         raise EvalError(f"--data {cfg.root}: split {split!r} has no frames")
-    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate)
+    data = ds if world <= 1 else Subset(ds, list(range(rank, len(ds), world)))
+    return DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate)
 
 
 def _as_dict(cfg: Any) -> dict[str, Any]:
@@ -172,14 +179,29 @@ def _as_dict(cfg: Any) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Single process, or one process per GPU / CPU slot under torchrun (frames sharded, matrices all-reduced,
+    rank 0 writes the report)."""
     args = parse_args(argv)
     import torch
 
-    from equiseg_ros.evaluation.protocols import evaluate
-    from equiseg_ros.evaluation.report import table1_markdown, write_report
+    from training import distributed
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    info = distributed.init("auto", device)
+    if info.enabled and device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+    code = run(args, device, info.rank, info.world_size)
+    distributed.finish(info, code)  # returns normally for a single process
+    return code
+
+
+def run(args: argparse.Namespace, device: Any, rank: int = 0, world: int = 1) -> int:
+    from equiseg_ros.evaluation.protocols import evaluate
+    from equiseg_ros.evaluation.report import table1_markdown, write_report
+
+    main_rank = rank == 0
     try:
         data_cfg = load_config(DataConfig, args.data, args.set)
     except ConfigError as exc:
@@ -195,25 +217,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         spec = None
         for (kind, path), name in zip(models, names):
             loader_fn = load_checkpoint_predictor if kind == "ckpt" else load_onnx_predictor
-            predict, spec = loader_fn(path, args.device)
+            predict, spec = loader_fn(path, str(device))
             fixed = getattr(predict, "fixed_hw", None)
             if fixed is not None and tuple(fixed) != (data_cfg.image_size, data_cfg.image_size):
                 raise EvalError(f"{path}: exported for H,W = {list(fixed)}; evaluate it with "
                                 f"--set image_size={fixed[0]} (square data) or export a dynamic-size model")
-            loader = make_loader(data_cfg, spec, split, args.batch_size, workers)
-            print(f"[evaluate] {name}: {path} on {data_cfg.dataset}/{split} ({len(loader.dataset)} frames, "
-                  f"modalities {list(spec.modality_names)})", file=sys.stderr)
+            loader = make_loader(data_cfg, spec, split, args.batch_size, workers, rank, world)
+            if main_rank:
+                print(f"[evaluate] {name}: {path} on {data_cfg.dataset}/{split} ({len(loader.dataset)} frames"
+                      f"{f' on rank 0 of {world}' if world > 1 else ''}, modalities {list(spec.modality_names)})",
+                      file=sys.stderr)
             results[name] = evaluate(predict, loader, spec, protocols=_csv(args.protocols),
                                      settings=_csv(args.settings), rmm_rates=[float(r) for r in _csv(args.rmm_rates)],
-                                     nm_levels=_csv(args.nm_levels), seed=args.seed, device=args.device,
-                                     max_batches=args.max_batches, progress=not args.no_progress,
-                                     table_rmm_rate=args.table_rmm_rate, stack=args.stack)
+                                     nm_levels=_csv(args.nm_levels), seed=args.seed, device=device,
+                                     max_batches=args.max_batches, progress=main_rank and not args.no_progress,
+                                     table_rmm_rate=args.table_rmm_rate, stack=args.stack, all_reduce=world > 1)
     except (EvalError, ValueError, FileNotFoundError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error{f' (rank {rank})' if world > 1 else ''}: {exc}", file=sys.stderr)
         return 1
+    if not main_rank:
+        return 0
     paths = write_report(results, out, spec)
     save_config(data_cfg, out / "data_config.yaml")
-    (out / "args.json").write_text(json.dumps(vars(args), indent=1))
+    (out / "args.json").write_text(json.dumps({**vars(args), "world_size": world}, indent=1))
     for setting in _csv(args.settings):
         print(f"\n{setting} setting (EQUISeg Table 1 layout)\n")
         print(table1_markdown(results, setting))
