@@ -189,7 +189,11 @@ def test_torch_backend_matches_onnxruntime_on_a_real_model(tmp_path):
     model = build_model(cfg, spec).eval()
     ckpt = save_checkpoint(tmp_path / "m.pt", model.state_dict(), spec, {"model": to_dict(cfg)})
     export_onnx(model, spec, tmp_path / "m.onnx", (64, 64), dynamic=True)
-    tb = load_backend(ckpt, torch_threads=2)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    tb = load_backend(ckpt, intra_op_threads=2)  # the node's generic thread option reaches torch too
+    assert torch.get_num_threads() == 2
+    torch.set_num_threads(before)
     ob = load_backend(tmp_path / "m.onnx", prefer=["onnxruntime"])
     assert tb.name == "torch" and tb.spec == spec and tb.describe()["model"] == "m_segformer"
     for h, w in ((64, 64), (64, 128)):

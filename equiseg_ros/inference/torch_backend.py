@@ -17,7 +17,7 @@ class TorchBackend(Backend):
     """Checkpoint → ``build_model`` → :class:`~equiseg_ros.models.deploy.DeployedModel` in inference mode."""
 
     name = "torch"
-    OPTIONS = frozenset({"device", "torch_threads", "timing_window"})
+    OPTIONS = frozenset({"device", "torch_threads", "intra_op_threads", "timing_window"})
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -25,9 +25,11 @@ class TorchBackend(Backend):
             return "PyTorch is not installed"
         return None
 
-    def __init__(self, path: str | Path, *, device: str = "cpu", torch_threads: int = 0,
+    def __init__(self, path: str | Path, *, device: str = "cpu", torch_threads: int = 0, intra_op_threads: int = 0,
                  timing_window: int = 200) -> None:
+        """``intra_op_threads`` is the node's generic thread option (as for ONNX Runtime); ``torch_threads`` wins."""
         path = Path(path)
+        torch_threads = torch_threads or intra_op_threads
         if not path.is_file():
             raise ModelFileNotFound(f"{path}: model file not found")
         reason = self.unavailable_reason()
