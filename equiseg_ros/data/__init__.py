@@ -1,0 +1,1 @@
+"""See DESIGN.md: equiseg_ros.data."""
