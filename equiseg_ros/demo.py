@@ -91,8 +91,9 @@ def _recipe_image_size(recipe: Path, default: int = 128) -> int:
 
 class Demo:
     def __init__(self, out: Path, force: bool, frames: int, size: int | None, raw_bag: bool, rate: float,
-                 recipe: Path = RECIPE) -> None:
+                 recipe: Path = RECIPE, train_iters: int | None = None) -> None:
         self.out = out
+        self.train_iters = train_iters
         self.recipe = recipe
         self.force = force
         self.frames = frames
@@ -117,7 +118,7 @@ class Demo:
                  {"frames": self.frames, "size": self.size, "seed": 0},
                  missing=None if _module_exists("equiseg_ros.data.synthetic") else "equiseg_ros.data.synthetic"),
             Step("train", "EQUISeg-B0 training (CPU)", [p["ckpt"]], self.do_train,
-                 {"recipe": _file_sig(self.recipe), "size": self.size}, needs=["data"],
+                 {"recipe": _file_sig(self.recipe), "size": self.size, "iters": self.train_iters}, needs=["data"],
                  missing=self._train_missing()),
             Step("report", "robustness report", [p["report"] / "results.json"], self.do_report, {}, needs=["train"],
                  missing=None if (ROOT / "training" / "evaluate.py").exists() else "training/evaluate.py"),
@@ -141,8 +142,11 @@ class Demo:
               "--size", self.size, "--seed", "0", "--workers", "2", "--preview"], self.logs / "data.log")
 
     def do_train(self) -> None:
+        extra = ["--set", f"max_iters={self.train_iters}"] if self.train_iters else []
+        # the robustness report is the next step: the training's own final validation only needs the full-modal mIoU
+        extra += ["--set", "val.protocols=[full]", "--set", "val.settings=[benchmark]"]
         _run([self.py, "training/train.py", "--config", self.recipe, "--out", self.p["train"],
-              "--set", f"data.root={self.p['data']}", "--set", f"data.image_size={self.size}"],
+              "--set", f"data.root={self.p['data']}", "--set", f"data.image_size={self.size}", *extra],
              self.logs / "train.log")
 
     def do_report(self) -> None:
@@ -381,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=1.0, help="replay speed of the live step (default 1.0)")
     parser.add_argument("--recipe", default=str(RECIPE.relative_to(ROOT)),
                         help="training recipe (default config/train/synthetic_equiseg_b0.yaml)")
+    parser.add_argument("--train-iters", type=int, default=None,
+                        help="training iterations (default: the recipe's max_iters); fewer for a quick look")
     args = parser.parse_args(argv)
     recipe = Path(args.recipe)
     if not recipe.is_absolute():
@@ -389,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     if not out.is_absolute():
         out = Path.cwd() / out
     print(f"equiseg_ros {__version__} demo -> {out}", flush=True)
-    return Demo(out, args.force, args.frames, args.size, args.raw_bag, args.rate, recipe).run()
+    return Demo(out, args.force, args.frames, args.size, args.raw_bag, args.rate, recipe, args.train_iters).run()
 
 
 if __name__ == "__main__":
