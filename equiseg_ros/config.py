@@ -222,9 +222,17 @@ class DataConfig:
 
     def spec(self) -> "ModelSpec":
         """The ModelSpec this data config implies (preset restricted to the modalities, at image_size)."""
+        from dataclasses import replace
+
         from equiseg_ros.spec import get_preset
 
-        return get_preset(self.dataset, self.modalities).with_input_size(self.image_size, self.image_size)
+        spec = get_preset(self.dataset, self.modalities).with_input_size(self.image_size, self.image_size)
+        if self.depth_source == "depth" and "depth" in spec.modality_names:
+            # DeLiVER's depth/ folder holds plain depth, not HHA: the representation must say so, since the node
+            # picks the depth encoding from the spec.
+            mods = tuple(replace(m, representation="depth8") if m.name == "depth" else m for m in spec.modalities)
+            spec = replace(spec, modalities=mods)
+        return spec
 
 
 @dataclass

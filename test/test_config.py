@@ -54,3 +54,9 @@ def test_missing_file_and_save_round_trip(tmp_path):
     cfg = load_config(DataConfig, None, ["image_size=96"])
     out = save_config(cfg, tmp_path / "run" / "config.yaml")
     assert load_config(DataConfig, out) == cfg
+
+
+def test_depth_source_sets_the_depth_representation():
+    assert load_config(DataConfig, None, ["dataset=deliver"]).spec().modality("depth").representation == "hha"
+    cfg = load_config(DataConfig, None, ["dataset=deliver", "depth_source=depth"])
+    assert cfg.spec().modality("depth").representation == "depth8"
