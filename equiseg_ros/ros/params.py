@@ -128,8 +128,8 @@ PARAMS: tuple[ParamDef, ...] = (
              "anchors each frame", None, kind="str[]"),
     ParamDef("sync.slop", 0.05, "seconds: max stamp distance of a message to the anchor to join its frame",
              in_range(0.0, 1.0, lo_open=True), dynamic=True),
-    ParamDef("sync.max_age", 0.5, "seconds: a modality with nothing newer is absent (stale) in a frame",
-             in_range(0.0, 10.0, lo_open=True), dynamic=True),
+    ParamDef("sync.max_age", 0.5, "seconds: a modality with nothing newer is absent (stale) in a frame; must exceed "
+             "the slowest sensor's period", in_range(0.0, 60.0, lo_open=True), dynamic=True),
     ParamDef("sync.buffer", 5, "messages kept per modality for matching", in_range(1, 100)),
     ParamDef("output.resize_to_camera", False, "resize mask/overlay/confidence (NEAREST) to the CameraInfo size",
              None, dynamic=True),
