@@ -1,14 +1,17 @@
 """Forward latency of every model on CPU: eager vs channels-last vs torch.compile, as ratios measured in one run.
 
 Prints ONE JSON line. Defaults: MiT-B0, 4 modalities (DeLiVER), 512 x 512, batch 1, all modalities present, median of
-``--repeats`` timed runs after ``--warmup`` runs, under ``torch.inference_mode``. torch.compile runs in a child
-process per model with a time cap (``--compile-timeout``), since inductor's first compile can take minutes on a
-loaded CPU; a compile that fails or exceeds the cap is reported, not fatal. The machine may be shared: the 1-minute
-load average is recorded next to the figures.
+``--repeats`` timed runs after ``--warmup`` runs, under ``torch.inference_mode``. Variants compared are run
+round-robin (eager/channels-last in this process, eager/compiled in the child) so load shifts hit both sides.
+torch.compile runs in a child process per model with a time cap (``--compile-timeout``), since inductor's first
+compile can take minutes on a loaded CPU (``compile_speedup`` = eager / compiled, both timed in the child); a compile
+that fails or exceeds the cap is reported, not fatal. The machine may be shared: the 1-minute load average is recorded
+next to the figures.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -25,16 +28,19 @@ from equiseg_ros.models.build import ARCHITECTURES, build_model  # noqa: E402
 from equiseg_ros.spec import deliver_spec  # noqa: E402
 
 
-def _time(fn, x, present, warmup: int, repeats: int) -> float:
+def _time(fns: dict, x, present, warmup: int, repeats: int) -> dict[str, float]:
+    """Median ms per variant; variants are run round-robin so a shared machine's load hits all of them alike."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
     with torch.inference_mode():
         for _ in range(warmup):
-            fn(x, present)
-        times = []
+            for fn in fns.values():
+                fn(x, present)
         for _ in range(repeats):
-            t = time.perf_counter()
-            fn(x, present)
-            times.append((time.perf_counter() - t) * 1000)
-    return statistics.median(times)
+            for k, fn in fns.items():
+                t = time.perf_counter()
+                fn(x, present)
+                times[k].append((time.perf_counter() - t) * 1000)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def _setup(arch: str, backbone: str, size: int, modalities: int):
@@ -46,15 +52,16 @@ def _setup(arch: str, backbone: str, size: int, modalities: int):
 
 
 def run_compiled(args) -> dict:
-    """Child process: compile one model, time it; prints one JSON object."""
+    """Child process: compile one model, time it against eager (interleaved); prints one JSON object."""
     model, x, present = _setup(args.only_compile, args.backbone, args.size, args.modalities)
     compiled = torch.compile(model)
     t = time.perf_counter()
     with torch.inference_mode():
         compiled(x, present)
     compile_s = time.perf_counter() - t
-    ms = _time(compiled, x, present, max(args.warmup - 1, 0), args.repeats)
-    return {"compile_ms": round(ms, 1), "compile_s": round(compile_s, 1)}
+    ms = _time({"eager": model, "compiled": compiled}, x, present, max(args.warmup - 1, 0), args.repeats)
+    return {"compile_ms": round(ms["compiled"], 1), "compile_eager_ms": round(ms["eager"], 1),
+            "compile_speedup": round(ms["eager"] / ms["compiled"], 3), "compile_s": round(compile_s, 1)}
 
 
 def bench_compiled(arch: str, args) -> dict:
@@ -94,16 +101,13 @@ def main(argv: list[str] | None = None) -> int:
                  "load_avg_1m_start": round(os.getloadavg()[0], 2), "models": {}}
     for arch in [a.strip() for a in args.models.split(",") if a.strip()]:
         model, x, present = _setup(arch, args.backbone, args.size, args.modalities)
-        eager = _time(model, x, present, args.warmup, args.repeats)
-        model_cl = model.to(memory_format=torch.channels_last)
-        cl = _time(model_cl, x, present, args.warmup, args.repeats)
+        model_cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
+        ms = _time({"eager": model, "cl": model_cl}, x, present, args.warmup, args.repeats)
         row = {"params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
-               "eager_ms": round(eager, 1), "channels_last_ms": round(cl, 1),
-               "channels_last_speedup": round(eager / cl, 3)}
+               "eager_ms": round(ms["eager"], 1), "channels_last_ms": round(ms["cl"], 1),
+               "channels_last_speedup": round(ms["eager"] / ms["cl"], 3)}
         if not args.no_compile:
             row.update(bench_compiled(arch, args))
-            if "compile_ms" in row:
-                row["compile_speedup"] = round(eager / row["compile_ms"], 3)
         out["models"][arch] = row
         print(f"{arch}: {row}", file=sys.stderr)
     out["load_avg_1m_end"] = round(os.getloadavg()[0], 2)
