@@ -242,6 +242,7 @@ def test_node_slow_backend_bounded_latency_flat_memory(model, tmp_path):
     ("output.overlay_alpha:=2.0", "output.overlay_alpha: must be in [0, 1], got 2.0"),
     ("qos.reliability:=sometimes", "qos.reliability: must be one of ['best_effort', 'reliable']"),
     ("model_path:=/nonexistent/model.onnx", "model file not found"),
+    ("sync.priority:=[depth,radar]", "sync.priority: ['radar'] not in the model's modalities"),
 ])
 def test_node_rejects_bad_configuration_at_start(model, override, expect):
     proc = subprocess.run(rh.node_command(model, override), env=rh.ros_env(24), capture_output=True, text=True,

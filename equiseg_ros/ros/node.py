@@ -111,6 +111,9 @@ def build_node_class():
             self.spec = self.backend.spec
             self.modalities = list(self.spec.modality_names)
             self.values.update(self._declare(modality_params(self.modalities), self.modalities))
+            errors = cross_checks(self.values, self.modalities)  # e.g. sync.priority names vs the model's modalities
+            if errors:
+                raise ParamError(errors)
             self.get_logger().info(
                 f"model {self.values['model_path']}: {self.backend.name} on {self.backend.device}, spec "
                 f"{self.spec.name!r}, modalities {self.modalities}, {self.spec.num_classes} classes, input "
@@ -183,7 +186,9 @@ def build_node_class():
         # ---- set-up --------------------------------------------------------------------------------------
         def _init_state(self) -> None:
             v = self.values
-            self.sync = Synchronizer(self.modalities, priority=v["sync.priority"] or None, slop=v["sync.slop"],
+            # a partial priority list ranks those first, the rest follow in the spec's order
+            prio = list(v["sync.priority"]) + [m for m in self.modalities if m not in v["sync.priority"]]
+            self.sync = Synchronizer(self.modalities, priority=prio, slop=v["sync.slop"],
                                      max_age=v["sync.max_age"], buffer=v["sync.buffer"])
             win = v["diagnostics.window"]
             self._latency = Window(win)  # anchor stamp -> outputs published (s)

@@ -246,6 +246,9 @@ def cross_checks(v: dict[str, Any], modalities: Sequence[str]) -> list[str]:
     errors = []
     if "sync.slop" in v and "sync.max_age" in v and v["sync.slop"] >= v["sync.max_age"]:
         errors.append(f"sync.slop: must be smaller than sync.max_age ({v['sync.max_age']}), got {v['sync.slop']}")
+    prio = v.get("sync.priority") or []
+    if len(set(prio)) != len(prio):
+        errors.append(f"sync.priority: names must not repeat, got {prio}")
     if modalities and v.get("sync.priority"):
         unknown = [m for m in v["sync.priority"] if m not in modalities]
         if unknown:
