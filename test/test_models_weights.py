@@ -94,6 +94,8 @@ def test_hf_mapping_round_trip_and_load(tmp_path):
     assert set(back) == set(official)
     for k in official:
         assert torch.equal(back[k], official[k]), k
+    bare = {k[len("segformer."):]: v for k, v in hf.items() if k.startswith("segformer.")}  # SegformerModel
+    assert set(hf_to_official(bare)) == set(seg.encoder.state_dict())
     torch.save(hf, tmp_path / "hf.pth")
     other = build_model(ModelConfig(name="segformer", backbone="mit_b0"), deliver_spec(["rgb"]))
     other.load_pretrained_backbone(str(tmp_path / "hf.pth"))
