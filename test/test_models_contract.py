@@ -113,3 +113,20 @@ def test_bad_input_shape_names_the_problem():
         model(torch.zeros(1, 3, 3, 48, 48), torch.ones(1, 3, dtype=torch.bool))
     with pytest.raises(ValueError, match="present must be"):
         model(torch.zeros(1, 3, 3, 64, 64), torch.ones(1, 2, dtype=torch.bool))
+
+
+def test_cross_attention_key_mask_hides_absent_maps():
+    from equiseg_ros.models.fusion import CrossModalAttention
+
+    torch.manual_seed(0)
+    att = CrossModalAttention(16, 2, 2).eval()
+    q = torch.randn(2, 16, 8, 8)
+    kv = [torch.randn(2, 16, 8, 8) for _ in range(3)]
+    mask = torch.tensor([[True, False, True], [False, False, False]])
+    changed = [kv[0], kv[1] * 9 + 3, kv[2]]
+    with torch.no_grad():
+        a, b = att(q, kv, mask), att(q, changed, mask)
+        only = att(q, [kv[0], kv[2]], mask[:, [0, 2]])
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(a[0], only[0])  # hiding a map == leaving it out
+    assert torch.equal(a[1], torch.zeros_like(a[1]))  # nothing present: no attention output, no NaN
