@@ -256,3 +256,15 @@ def test_node_help_lists_parameters():
     assert out.returncode == 0
     for name in ("model_path", "qos.reliability", "output.overlay_alpha", "inputs.<modality>"):
         assert name in out.stdout
+
+
+def test_node_reports_incompatible_publisher_qos(model, tmp_path):
+    # the node asks for reliable, the drivers offer best effort: nothing can arrive, diagnostics say why
+    scenario = {"rate": 10, "startup_timeout": 5.0, "phases": [{"name": "mismatch", "duration": 1.5}]}
+    record, log, _, code, alive = run(tmp_path, 25, scenario, model, ["qos.reliability:=reliable"])
+    assert alive and code == 0, log
+    assert not record["masks"]
+    last = {s["name"].split(": ", 1)[1]: s["values"] for s in record["diagnostics"][-1]["status"]}
+    for m in ("rgb", "depth", "event", "lidar"):
+        assert last[f"sensor {m}"]["state"] == "never_seen"
+        assert "incompatible QoS (RELIABILITY)" in last[f"sensor {m}"]["reason"], last[f"sensor {m}"]

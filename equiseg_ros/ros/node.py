@@ -77,6 +77,7 @@ def build_node_class():
     """The Node subclass, created lazily so importing this module does not import rclpy."""
     from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
     from rclpy.clock import Clock, ClockType
+    from rclpy.event_handler import SubscriptionEventCallbacks
     from rclpy.node import Node
     from rclpy.parameter import Parameter
     from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -245,11 +246,17 @@ def build_node_class():
             qos = QoSProfile(depth=self.values["qos.depth"], reliability=rel, history=History.KEEP_LAST)
             self._topics: dict[str, str] = {}
             self._subs = []
+            self._qos_mismatch: dict[str, str] = {}
             for m in self.modalities:
                 kind = self.values[f"inputs.{m}.type"]
                 topic = self.values[f"inputs.{m}.topic"]
+                events = SubscriptionEventCallbacks(
+                    incompatible_qos=lambda info, m=m: self._qos_mismatch.__setitem__(
+                        m, str(getattr(info.last_policy_kind, "name", info.last_policy_kind)).removeprefix(
+                            "RMW_QOS_POLICY_")))
                 self._subs.append(self.create_subscription(
-                    msg_types[kind], topic, lambda msg, m=m, k=kind: self._on_sensor(m, k, msg), qos))
+                    msg_types[kind], topic, lambda msg, m=m, k=kind: self._on_sensor(m, k, msg), qos,
+                    event_callbacks=events))
                 self._topics[m] = self._resolve(topic)
             self._subs.append(self.create_subscription(CameraInfo, self.values["camera_info_topic"],
                                                        self._on_camera_info, qos))
@@ -405,6 +412,9 @@ def build_node_class():
                 if state == "ok" and self._conversion_failed[m]:
                     why = self._conversion_failed[m]
                     state, reason = ("waiting" if "camera_info" in why else "malformed"), why
+                if s.state in ("never_seen", "stale") and m in self._qos_mismatch:
+                    reason = (f"{reason}; a publisher offers incompatible QoS ({self._qos_mismatch[m]}): check "
+                              f"qos.reliability (now {self.values['qos.reliability']})")
                 if s.state == "malformed" and self._malformed_reason[m]:
                     reason = f"{reason}: {self._malformed_reason[m]}"
                 delay = self._transport.median_delay(self._topics[m])
