@@ -124,3 +124,5 @@ def test_load_state_dict_checked_names_first_mismatch():
     with pytest.raises(ValueError, match="modalities"):
         load_checked_checkpoint(b, {"model": sd, "spec": deliver_spec(["rgb", "lidar"])})
     load_checked_checkpoint(b, {"model": sd, "spec": spec})
+    seg = build_model(ModelConfig(name="segformer", backbone="mit_b0"), spec)  # spec narrowed to rgb
+    load_checked_checkpoint(seg, {"model": seg.state_dict(), "spec": spec})

@@ -53,11 +53,15 @@ def build_model(cfg: ModelConfig, spec: ModelSpec) -> nn.Module:
 
 def load_checked_checkpoint(model: nn.Module, ckpt: Mapping[str, Any]) -> None:
     """Load a checkpoint dict (``equiseg_ros.checkpoint.load_checkpoint``) into ``model``: the spec's modalities and
-    classes must equal the model's, then the state dict must match key by key (first mismatch named)."""
+    classes must equal the model's (SegFormer: the first modality), then the state dict must match key by key (first
+    mismatch named)."""
     spec = ckpt.get("spec")
     own = getattr(model, "spec", None)
     if spec is not None and own is not None:
-        if tuple(spec.modality_names) != tuple(own.modality_names):
+        names = tuple(spec.modality_names)
+        if getattr(model, "arch", "") == "segformer":
+            names = names[:1]  # SegFormer narrows any spec to its first modality
+        if names != tuple(own.modality_names):
             raise ValueError(f"checkpoint spec modalities {list(spec.modality_names)} != model's "
                              f"{list(own.modality_names)}")
         if tuple(spec.classes) != tuple(own.classes):
