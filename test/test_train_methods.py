@@ -121,3 +121,14 @@ def test_best_metric_selection():
     assert select_metric(flat, "mean:R,RD", "benchmark") == 40.0
     with pytest.raises(KeyError, match="best_metric"):
         select_metric(flat, "EMM Avg", "benchmark")
+
+
+def test_gradient_accumulation_consumes_accumulate_micro_batches_per_step(data_root, tmp_path):
+    t = Trainer(_cfg(data_root, accumulate=2, batch_size=1, max_iters=2), tmp_path)
+    micro = t.batches.stream(0)
+    w0 = {k: v.clone() for k, v in t.model.state_dict().items()}
+    parts = t.train_step(micro)
+    assert t.iteration == 1 and t.scheduler.last_iter == 1 and "ohem" in parts
+    assert any(not torch.equal(w0[k], v) for k, v in t.model.state_dict().items())
+    third = [b for _, (_, b) in zip(range(3), t.batches.stream(0))][2]
+    assert torch.equal(next(micro)[1]["label"], third["label"])
