@@ -95,7 +95,7 @@ def run_config(onnx: Path, size: int, profile: str, reliability: str, period: fl
                  f"qos.reliability:={reliability}", f"backend.threads:={args.threads}", "backend.prefer:=[onnxruntime]",
                  "diagnostics.period:=0.5", f"diagnostics.window:={max(10.0, duration)}", "health.noise_ratio:=0.0",
                  # a sensor slower than max_age counts as dead and the anchor would not wait for it
-                 f"sync.max_age:={min(60.0, 2 * period + 1.0):.2f}"]
+                 f"sync.max_age:={min(60.0, 2 * period + 1.0):.2f}", "sync.wait:=1.0"]
     with open(tmp / "node.log", "w") as log:
         node = subprocess.Popen(rh.node_command(onnx, *overrides), env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
@@ -116,13 +116,15 @@ def run_config(onnx: Path, size: int, profile: str, reliability: str, period: fl
     node_inf = next((float(v["infer_p50_ms"]) for v in reversed(inf) if v.get("infer_p50_ms")), float("nan"))
     node_conv = next((float(v["convert_p50_ms"]) for v in reversed(inf) if v.get("convert_p50_ms")), float("nan"))
     node_lat = next((float(v["latency_p50_ms"]) for v in reversed(inf) if v.get("latency_p50_ms")), float("nan"))
+    node_wait = next((float(v["queue_wait_p50_ms"]) for v in reversed(inf) if v.get("queue_wait_p50_ms")),
+                     float("nan"))
     present = next((v["modalities_present"] for v in reversed(inf) if v.get("modalities_present")), "")
     sensors = [s["values"] for d in rec["diagnostics"][-1:] for s in d["status"] if ": sensor " in s["name"]]
     out = {"sent": rec["published"].get("rgb", 0), "masks": len(masks) + 2, "modalities_present": present,
            "e2e_p50_ms": round(float(np.percentile(lat, 50)), 1) if lat.size else None,
            "e2e_p95_ms": round(float(np.percentile(lat, 95)), 1) if lat.size else None,
            "node_stamp_to_publish_p50_ms": round(node_lat, 1), "node_infer_p50_ms": round(node_inf, 1),
-           "node_convert_p50_ms": round(node_conv, 1),
+           "node_convert_p50_ms": round(node_conv, 1), "node_queue_wait_p50_ms": round(node_wait, 1),
            "received_by_node": {s["topic"]: int(s["received"]) for s in sensors}}
     if lat.size and node_inf == node_inf:
         out["ratio_p50_vs_node_infer"] = round(out["e2e_p50_ms"] / node_inf, 3)

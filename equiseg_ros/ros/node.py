@@ -177,8 +177,8 @@ def build_node_class():
                 self.values = new
                 self.sync.slop = new["sync.slop"]
                 self.sync.max_age = new["sync.max_age"]
-                self.sync.wait = new["sync.slop"]
-                for w in (self._latency, self._infer_ms, self._convert_ms, self._published):
+                self.sync.wait = new["sync.wait"]
+                for w in (self._latency, self._infer_ms, self._convert_ms, self._wait_ms, self._published):
                     w.window = new["diagnostics.window"]
                 self._transport.late_threshold = new["transport.late_threshold"]
                 self._transport.silent_timeout = new["transport.silent_timeout"]
@@ -190,11 +190,12 @@ def build_node_class():
             # a partial priority list ranks those first, the rest follow in the spec's order
             prio = list(v["sync.priority"]) + [m for m in self.modalities if m not in v["sync.priority"]]
             self.sync = Synchronizer(self.modalities, priority=prio, slop=v["sync.slop"],
-                                     max_age=v["sync.max_age"], buffer=v["sync.buffer"])
+                                     max_age=v["sync.max_age"], buffer=v["sync.buffer"], wait=v["sync.wait"])
             win = v["diagnostics.window"]
             self._latency = Window(win)  # anchor stamp -> outputs published (s)
             self._infer_ms = Window(win)
             self._convert_ms = Window(win)  # decoded messages -> model input (representations, resize, normalise)
+            self._wait_ms = Window(win)  # synchronised frame handed over -> inference thread picks it up
             self._pool = ThreadPoolExecutor(max_workers=min(4, len(self.modalities)),
                                             thread_name_prefix="equiseg-convert")
             self._published = Window(win)
@@ -346,6 +347,7 @@ def build_node_class():
         def _process(self, item: _Frame) -> None:
             frame = item.synced
             v = self.values
+            self._wait_ms.add(time.monotonic(), (time.monotonic() - item.handed) * 1e3)  # behind a running inference
             x, present = self._assemble(frame)
             if v["debug.extra_latency"] > 0:
                 time.sleep(v["debug.extra_latency"])
@@ -430,6 +432,7 @@ def build_node_class():
             lat = self._latency.percentiles(t)
             inf = self._infer_ms.percentiles(t)
             conv = self._convert_ms.percentiles(t)
+            wait = self._wait_ms.percentiles(t)
             w = self._worker
             return diag.InferenceReport(
                 backend=self.backend.name, device=self.backend.device, model=os.path.basename(
@@ -441,6 +444,7 @@ def build_node_class():
                 pending=w.pending, errors=w.errors, last_error=w.last_error, modalities_present=self._last_present,
                 anchor=self._last_anchor, worker_alive=w.alive,
                 extra={"convert_p50_ms": None if conv is None else conv[0],
+                       "queue_wait_p50_ms": None if wait is None else wait[0],
                        "dropped_in_sync": self.sync.dropped_total, "dropped_before_inference": w.dropped,
                        "sync_resets": self.sync.resets, "camera_info": self._camera_info is not None,
                        "camera_info_malformed": self._camera_malformed})

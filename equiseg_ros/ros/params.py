@@ -130,6 +130,9 @@ PARAMS: tuple[ParamDef, ...] = (
              in_range(0.0, 1.0, lo_open=True), dynamic=True),
     ParamDef("sync.max_age", 0.5, "seconds: a modality with nothing newer is absent (stale) in a frame; must exceed "
              "the slowest sensor's period", in_range(0.0, 60.0, lo_open=True), dynamic=True),
+    ParamDef("sync.wait", 0.1, "seconds the anchor waits for a live modality whose message of the same instant is "
+             "still in flight (big frames arrive one after another); a dead sensor is never waited for",
+             in_range(0.0, 10.0), dynamic=True),
     ParamDef("sync.buffer", 5, "messages kept per modality for matching", in_range(1, 100)),
     ParamDef("output.resize_to_camera", False, "resize mask/overlay/confidence (NEAREST) to the CameraInfo size",
              None, dynamic=True),
