@@ -4,7 +4,8 @@ Steps (each skips when its outputs are up to date - same arguments, inputs uncha
 
   1. data     synthetic scenes in the DeLiVER layout + raw sensor data   python -m equiseg_ros.data.synthetic
   2. train    a short EQUISeg-B0 training on CPU                          python training/train.py
-  3. report   robustness report (full, EMM, RMM, NM; both settings)       python training/evaluate.py
+  3. report   robustness report: the EQUISeg Table 1 columns (full, EMM,  python training/evaluate.py
+              RMM r=0.5, NM low/mid) in the benchmark and deployed settings
   4. export   ONNX with the spec in its metadata                          python training/export.py
   5. bag      the validation split as a rosbag2 with injected failures   python -m equiseg_ros.bag.convert
   6. live     the node on a replay over real DDS (use_sim_time, /clock), online mIoU and latency, plus the same
@@ -152,8 +153,8 @@ class Demo:
     def do_report(self) -> None:
         _run([self.py, "training/evaluate.py", "--checkpoint", self.p["ckpt"], "--name", "EQUISeg-B0",
               "--data", DATA_YAML, "--set", f"root={self.p['data']}", "--set", f"image_size={self.size}",
-              "--protocols", "full,emm,rmm,nm", "--settings", "benchmark,deployed", "--out", self.p["report"],
-              "--no-progress"], self.logs / "report.log")
+              "--protocols", "full,emm,rmm,nm", "--settings", "benchmark,deployed", "--rmm-rates", "0.5",
+              "--nm-levels", "low,mid", "--out", self.p["report"], "--no-progress"], self.logs / "report.log")
 
     def do_export(self) -> None:
         _run([self.py, "training/export.py", "--checkpoint", self.p["ckpt"], "--out", self.p["model"],
@@ -376,8 +377,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/demo", help="where every output of the demo goes")
     parser.add_argument("--force", action="store_true", help="redo every step even when its output is up to date")
-    parser.add_argument("--frames", type=int, default=160,
-                        help="synthetic frames in total (80 %% train, 20 %% val; default 160)")
+    parser.add_argument("--frames", type=int, default=120,
+                        help="synthetic frames in total (about 80 %% train, 20 %% val; default 120: 20 val frames)")
     parser.add_argument("--size", type=int, default=None,
                         help="image side in pixels (default: the training recipe's data.image_size)")
     parser.add_argument("--raw-bag", action="store_true", help="write the demo bag with the raw sensor forms "
