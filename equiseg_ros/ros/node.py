@@ -72,14 +72,6 @@ class _Frame:
     handed: float
 
 
-def _load_ros():
-    """Import rclpy and the message types (kept out of module import so ``--help`` and tests stay light)."""
-    import rclpy  # noqa: F401
-    from rclpy.node import Node  # noqa: F401
-
-    return rclpy
-
-
 def build_node_class():
     """The Node subclass, created lazily so importing this module does not import rclpy."""
     from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
@@ -493,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {p.name} [{p.kind}, default {p.default!r}{', dynamic' if p.dynamic else ''}]: {p.doc}")
         print("  inputs.<modality>.{topic,type,extrinsic}: per model modality (declared once the model is loaded)")
         return 0
-    rclpy = _load_ros()
+    import rclpy  # here, not at module import: ``--help`` and the unit tests stay light
     from rclpy.executors import ExternalShutdownException
 
     from equiseg_ros.inference.backend import BackendError
