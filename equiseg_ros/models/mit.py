@@ -131,7 +131,8 @@ class EfficientSelfAttention(nn.Module):
         d = c // self.num_heads
         q = self.q(q_tokens).reshape(b, n, self.num_heads, d).transpose(1, 2)
         kv = self.kv(kv_tokens).reshape(b, -1, 2, self.num_heads, d).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=attn_bias)
+        bias = attn_bias.to(q.dtype) if attn_bias is not None else None  # autocast: match the query dtype
+        out = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=bias)
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
 
     def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
