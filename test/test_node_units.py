@@ -220,3 +220,18 @@ def test_health_kind_routing():
     assert _inputs.health_kind("hha", "image", np.zeros((2, 2, 3), np.uint8)) == "other"
     assert _inputs.health_kind("lidar_image", "pointcloud2", np.zeros(2)) == "pointcloud"
     assert _inputs.health_kind("event_frame", "compressed", np.zeros((2, 2, 3), np.uint8)) == "events"
+
+
+def test_events_as_pointcloud_become_the_training_event_frame():
+    from equiseg_ros.sensors.events import events_to_frame
+
+    cam = CameraModel.pinhole(40.0, 40.0, 32.0, 32.0, 64, 64)
+    ev = np.zeros(5, dtype=[("x", "<f8"), ("y", "<f8"), ("t", "<f8"), ("polarity", "<f8")])
+    ev["x"], ev["y"] = [10, 10, 11, 40, 63], [20, 20, 21, 5, 63]
+    ev["t"] = [0.99, 0.995, 0.999, 1.0, 0.5]  # the last one is outside the 30 ms window
+    ev["polarity"] = [1, 1, 0, 1, 1]
+    img = _inputs.to_representation("event_frame", "pointcloud2", ev, "pointcloud2", cam, None, (32, 32))
+    want = events_to_frame(np.array([5, 5, 5, 20, 31]), np.array([10, 10, 10, 2, 31]), ev["t"], ev["polarity"], 32, 32)
+    assert (img == want).all() and img[10, 5, 0] == 2 and img[10, 5, 1] == 1 and img[31, 31].sum() == 0
+    with pytest.raises(_inputs.ConversionError, match="camera_info"):
+        _inputs.to_representation("event_frame", "pointcloud2", ev, "pointcloud2", None, None, (32, 32))

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from equiseg_ros.sensors.depth import depth_from_millimetres, depth_to_image
+from equiseg_ros.sensors.events import events_to_frame
 from equiseg_ros.sensors.geometry import CameraModel
 from equiseg_ros.sensors.lidar import ENCODINGS as POINT_ENCODINGS
 from equiseg_ros.sensors.lidar import lidar_to_image
@@ -43,10 +44,12 @@ def to_representation(representation: str, kind: str, data: np.ndarray, encoding
                       camera: CameraModel | None, extrinsic: np.ndarray | None, size: tuple[int, int]) -> np.ndarray:
     """One decoded message -> uint8 [H, W, 3] in ``representation`` at the model input ``size`` (H, W)."""
     h, w = size
+    if kind == "pointcloud2" and representation == "event_frame":
+        return _events_frame(data, camera, (h, w))
     if kind == "pointcloud2":
         if representation not in POINT_ENCODINGS:
             raise ConversionError(f"a point cloud cannot feed representation {representation!r} "
-                                  f"(point cloud representations: {sorted(POINT_ENCODINGS)})")
+                                  f"(point cloud representations: {sorted(POINT_ENCODINGS)} and event_frame)")
         if camera is None:
             raise ConversionError("waiting for camera_info (needed to project the point cloud)")
         names = data.dtype.names or ()
@@ -77,6 +80,29 @@ def to_representation(representation: str, kind: str, data: np.ndarray, encoding
         interp = cv2.INTER_LINEAR if representation == "rgb8" else cv2.INTER_NEAREST
         img = cv2.resize(np.ascontiguousarray(img), (w, h), interpolation=interp)
     return img
+
+
+def _field(data: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
+    for n in names:
+        if n in (data.dtype.names or ()):
+            return np.asarray(data[n]).reshape(-1)
+    raise ConversionError(f"event cloud needs a field named one of {list(names)}; has {list(data.dtype.names or ())}")
+
+
+def _events_frame(data: np.ndarray, camera: CameraModel | None, size: tuple[int, int]) -> np.ndarray:
+    """Raw events as a PointCloud2 (x, y in the camera's pixels, t seconds, polarity) -> event frame at ``size``.
+
+    Same accumulation as the training data (``sensors.events.events_to_frame``: counts per polarity over the last
+    30 ms before the newest event); coordinates are scaled from the CameraInfo resolution to the model's.
+    """
+    if camera is None:
+        raise ConversionError("waiting for camera_info (the event coordinates are in its pixels)")
+    h, w = size
+    x = _field(data, ("x",)).astype(np.float64) * (w / camera.width)
+    y = _field(data, ("y",)).astype(np.float64) * (h / camera.height)
+    t = _field(data, ("t", "time", "ts", "timestamp")).astype(np.float64)
+    p = _field(data, ("polarity", "p", "pol"))
+    return events_to_frame(np.floor(x), np.floor(y), t, p, h, w)
 
 
 def assemble(spec: ModelSpec, size: tuple[int, int], items: dict[str, Any], camera: CameraModel | None,

@@ -185,7 +185,8 @@ def modality_params(modalities: Sequence[str]) -> tuple[ParamDef, ...]:
         out += [
             ParamDef(f"inputs.{m}.topic", default_topic(m), f"topic of the {m} sensor", _topic),
             ParamDef(f"inputs.{m}.type", "image", f"message type of {m}: image (sensor_msgs/Image), compressed "
-                     "(CompressedImage) or pointcloud2 (projected with CameraInfo + extrinsic)", one_of(*INPUT_TYPES)),
+                     "(CompressedImage) or pointcloud2 (LiDAR/radar projected with CameraInfo + extrinsic; "
+                     "events x, y, t, polarity)", one_of(*INPUT_TYPES)),
             ParamDef(f"inputs.{m}.extrinsic", [], f"pointcloud2 only: camera<-{m} transform, 16 numbers "
                      "(row-major 4x4) or 7 (tx ty tz qx qy qz qw); empty = identity", _extrinsic, kind="float[]"),
         ]
