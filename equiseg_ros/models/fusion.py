@@ -31,10 +31,12 @@ def masked_mean(feats: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def masked_max(feats: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Element-wise max over dim 1 of ``feats`` [B, M, ...] among entries where ``mask`` is true; zeros if none."""
+    # Scalar fill values broadcast: a full_like/zeros_like here is constant-folded by the ONNX exporter into a
+    # [B, M, C, H, W] initializer per stage (hundreds of MB at 1024²).
     m = _expand_mask(mask, feats)
-    out = torch.where(m, feats, torch.full_like(feats, float("-inf"))).amax(1)
+    out = torch.where(m, feats, feats.new_full((), float("-inf"))).amax(1)
     anyp = _expand_mask(mask.to(feats.dtype).sum(1, keepdim=True) > 0, feats).squeeze(1)
-    return torch.where(anyp, out, torch.zeros_like(out))
+    return torch.where(anyp, out, out.new_zeros(()))
 
 
 def any_present(mask: torch.Tensor) -> torch.Tensor:
