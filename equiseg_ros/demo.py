@@ -35,11 +35,11 @@ from equiseg_ros import __version__
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "config" / "train" / "synthetic_equiseg_b0.yaml"
 DATA_YAML = ROOT / "config" / "datasets" / "synthetic.yaml"
-# The failures injected into the demo bag (seconds from the bag start; the val split is about 4 s at 10 Hz):
-# LiDAR dead for a second, a fifth of the depth messages lost, 10 % malformed event messages, and the camera frozen
-# for a second (the node's health check notices after a few identical frames and fails over to the next sensor).
-FAILURES = ("--blackout", "lidar:1.0-2.0", "--drop", "depth:0.2", "--corrupt", "event:0.1",
-            "--freeze", "rgb:2.5-3.5")
+# The failures injected into the demo bag (seconds from the bag start; the default val split is 24 frames = 2.4 s at
+# 10 Hz): LiDAR dead for 0.7 s, a fifth of the depth messages lost, 10 % malformed event messages, and the camera
+# frozen for 0.8 s (the node's health check notices after a few identical frames and fails over to the next sensor).
+FAILURES = ("--blackout", "lidar:0.5-1.2", "--drop", "depth:0.2", "--corrupt", "event:0.1",
+            "--freeze", "rgb:1.4-2.2")
 
 
 @dataclass
