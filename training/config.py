@@ -25,6 +25,7 @@ class OptimConfig:
     eps: float = 1e-8
     head_lr_mult: float = 1.0  # decode head lr multiplier (1 in DeLiVER/CMNeXt; SegFormer uses 10)
     grad_clip: float | None = None
+    max_consecutive_skips: int = 20  # steps with non-finite gradients are skipped; this many in a row is an error
     warmup_epochs: float = 10.0  # reference: 10 epochs...
     warmup_iters: int | None = None  # ... or an explicit count (tiny runs); wins over warmup_epochs
     warmup_ratio: float = 0.1  # lr starts at ratio * lr

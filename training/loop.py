@@ -151,6 +151,8 @@ class Trainer:
         self._build_data()
         self._build_model()
         self.iteration = 0
+        self.skipped_steps = 0  # optimiser steps skipped for non-finite gradients (kept across resume)
+        self.consecutive_skips = 0
         self.best_value: float | None = None
         self.resume_path = self._resume_path(resume)
         if self.resume_path is not None:
@@ -274,6 +276,7 @@ class Trainer:
             "rng": rng,
             "aux": {k: m.state_dict() for k, m in self.method.fsm.items()},
             "world_size": self.dist.world_size,
+            "skipped_steps": self.skipped_steps,
         }
         return save_checkpoint(self.ckpt_dir / name, self.model.state_dict(), self.spec, to_dict(self.cfg), **extra)
 
@@ -298,6 +301,7 @@ class Trainer:
         self.scaler.load_state_dict(ckpt["scaler"])
         self.iteration = int(ckpt["iteration"])
         self.best_value = ckpt.get("best_value")
+        self.skipped_steps = int(ckpt.get("skipped_steps", 0))
         rngs = ckpt.get("rng") or []
         if len(rngs) == self.dist.world_size:
             set_rng_state(rngs[self.dist.rank])
@@ -367,14 +371,28 @@ class Trainer:
                 parts_sum[k] = parts_sum.get(k, 0.0) + val / c.accumulate
         fsm_params = [p for m in self.method.fsm.values() for p in m.parameters()]
         D.all_reduce_grads(fsm_params, self.dist)
+        params = [p for _, m in self.trainable for p in m.parameters() if p.grad is not None]
         if c.optim.grad_clip:
             self.scaler.unscale_(self.optimizer)
-            params = [p for _, m in self.trainable for p in m.parameters()]
             torch.nn.utils.clip_grad_norm_(params, c.optim.grad_clip)
-        self.scaler.step(self.optimizer)
+        if not self.scaler.is_enabled() and not _all_finite(params):
+            # MiT from scratch: a token of an all-zero patch (empty event/LiDAR area, a dropped modality) is exactly
+            # zero, so LayerNorm sees zero variance and multiplies the gradient by 1/sqrt(eps) = 1000 per layer; a
+            # few such layers overflow. Skip the update (as fp16's GradScaler does); grads are all-reduced first,
+            # so every rank takes the same decision.
+            self.skipped_steps += 1
+            self.consecutive_skips += 1
+            if self.consecutive_skips > c.optim.max_consecutive_skips:
+                raise FloatingPointError(f"iteration {self.iteration}: {self.consecutive_skips} consecutive steps "
+                                         "with non-finite gradients; lower optim.lr or use pretrained weights")
+            self.optimizer.zero_grad(set_to_none=True)
+        else:
+            self.consecutive_skips = 0
+            self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
         self.iteration += 1
+        parts_sum["skipped_steps"] = float(self.skipped_steps)
         return parts_sum
 
     def fit(self) -> dict[str, Any]:
@@ -398,7 +416,8 @@ class Trainer:
             for k, val in parts.items():
                 window.setdefault(k, []).append(val)
             bar.update(1)
-            bar.set_postfix({**{k: f"{v:.3g}" for k, v in parts.items() if k != "kept_modalities"},
+            bar.set_postfix({**{k: f"{v:.3g}" for k, v in parts.items()
+                                if k not in ("kept_modalities", "skipped_steps")},
                              "lr": f"{lr:.2e}"}, refresh=False)
             it = self.iteration
             if it % c.log_every == 0 or it == self.total_iters:
@@ -441,6 +460,14 @@ class Trainer:
 
 
 LOSS_PARTS = ("ohem", "sgm", "kd", "hpdm")
+
+
+def _all_finite(params: list[torch.Tensor]) -> bool:
+    """True when every gradient is finite (one reduction per parameter, no host sync per tensor)."""
+    if not params:
+        return True
+    flags = torch.stack([torch.isfinite(p.grad).all() for p in params])
+    return bool(flags.all())
 
 
 def _json_default(v: Any) -> Any:
