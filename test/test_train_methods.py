@@ -132,3 +132,30 @@ def test_gradient_accumulation_consumes_accumulate_micro_batches_per_step(data_r
     assert any(not torch.equal(w0[k], v) for k, v in t.model.state_dict().items())
     third = [b for _, (_, b) in zip(range(3), t.batches.stream(0))][2]
     assert torch.equal(next(micro)[1]["label"], third["label"])
+
+
+def test_non_finite_gradients_skip_the_step_then_fail_after_too_many(data_root, tmp_path):
+    t = Trainer(_cfg(data_root, max_iters=4, **{"optim.max_consecutive_skips": 1}), tmp_path)
+    real = t.method
+    first = next(t.model.parameters())
+
+    class Poisoned:  # finite loss, NaN gradient (d sqrt(0 * p) / dp = 0 * inf)
+        fsm = real.fsm
+
+        def __call__(self, model, x, present, labels):
+            out = real(model, x, present, labels)
+            out.loss = out.loss + torch.sqrt(first.flatten()[0] * 0.0)
+            return out
+
+    t.method = Poisoned()
+    micro = t.batches.stream(0)
+    w0 = {k: v.clone() for k, v in t.model.state_dict().items()}
+    assert t.train_step(micro)["skipped_steps"] == 1.0
+    assert all(torch.equal(w0[k], v) for k, v in t.model.state_dict().items())  # no update
+    assert t.iteration == 1 and t.scheduler.last_iter == 1
+    with pytest.raises(FloatingPointError, match="consecutive steps with non-finite gradients"):
+        t.train_step(micro)
+    t.method = real
+    t.consecutive_skips = 0
+    t.train_step(micro)
+    assert any(not torch.equal(w0[k], v) for k, v in t.model.state_dict().items())
