@@ -140,6 +140,7 @@ def test_raw_forms_of_the_synthetic_data(tmp_path: Path) -> None:
     source = FrameSource("synthetic", root, "val")
     layout = read_custom(bag)["topics"]["modalities"]
     assert layout["lidar"]["type"] == "pointcloud2" and layout["depth"]["encoding"] == "32FC1"
+    assert layout["event"]["type"] == "pointcloud2" and layout["event"]["topic"] == convert.EVENTS_TOPIC
     for i in range(len(source)):
         raw = load_raw_frame(root, source.reader[i].record)
         depth = codecs.image_to_numpy(msgs["/depth/image"][i][1])

@@ -83,8 +83,8 @@ EVENTS_TOPIC = "/event/events"
 def topic_forms(spec: ModelSpec, raw_frame: Any = None) -> dict[str, TopicForm]:
     """The topic layout. Without raw data every modality is its 8-bit representation (rgb8). With a RawFrame the
     raw forms the node converts itself replace them: metric depth as 32FC1 metres, LiDAR as PointCloud2 in its own
-    frame (extrinsic on /tf_static and in the metadata). Events stay an event-frame image for the node (it has no
-    event-stream input); the raw events are written besides, on /event/events (PointCloud2 x, y, t, polarity)."""
+    frame (extrinsic on /tf_static and in the metadata), events as PointCloud2 (x, y, t, polarity) on /event/events
+    in the camera's pixels."""
     forms = {m.name: TopicForm(m.name, image_topic(m.name), representation=m.representation)
              for m in spec.modalities}
     if raw_frame is None:
@@ -95,12 +95,15 @@ def topic_forms(spec: ModelSpec, raw_frame: Any = None) -> dict[str, TopicForm]:
             forms[m] = TopicForm(m, image_topic(m), "image", "32FC1", CAMERA_FRAME, "metric_depth", True)
         elif kind == "points":
             forms[m] = TopicForm(m, f"/{m}/points", "pointcloud2", "", f"{m}_link", "points", True)
+        elif kind == "events":
+            forms[m] = TopicForm(m, EVENTS_TOPIC, "pointcloud2", "", CAMERA_FRAME, "events", True)
     return forms
 
 
 def _raw_payload(raw: Any, modality: str) -> tuple[str | None, Any]:
     """(kind, data) of the raw form of ``modality`` in a RawFrame: depth (float32 [H, W] metres) or points
-    (structured x, y, z, intensity float32); (None, None) when it has none."""
+    (structured x, y, z, intensity float32) or events (structured x, y, t, polarity float64); (None, None) when it
+    has none."""
     if raw is None:
         return None, None
     if modality == "depth":
@@ -109,6 +112,9 @@ def _raw_payload(raw: Any, modality: str) -> tuple[str | None, Any]:
     if modality in ("lidar", "radar"):
         p = _get(raw, f"{modality}_points")
         return ("points", _structured(p, ("x", "y", "z", "intensity"), np.float32)) if p is not None else (None, None)
+    if modality == "event":
+        e = _raw_events(raw)
+        return ("events", e) if e is not None else (None, None)
     return None, None
 
 
@@ -157,7 +163,6 @@ def write_bag(frames: Iterable[SourceFrame], spec: ModelSpec, out: str | Path, *
     period_ns = int(round(1e9 / rate))
     start_ns = int(round(start_s * 1e9))
     forms: dict[str, TopicForm] | None = None
-    events_raw = False
     n = 0
     with BagSink(out, target, overwrite=overwrite) as sink:
         ts = sink.typestore
@@ -168,8 +173,7 @@ def write_bag(frames: Iterable[SourceFrame], spec: ModelSpec, out: str | Path, *
         for frame in iterator:
             if forms is None:
                 forms = topic_forms(spec, frame.raw if raw else None)
-                events_raw = raw and "event" in spec.modality_names and _raw_events(frame.raw) is not None
-                _add_topics(sink, forms, raw, events_raw)
+                _add_topics(sink, forms, raw)
                 if raw:
                     _write_static_tf(sink, forms, frame.raw, start_ns)
             stamp = start_ns + n * period_ns
@@ -198,10 +202,6 @@ def write_bag(frames: Iterable[SourceFrame], spec: ModelSpec, out: str | Path, *
                 if res.data is not payload:
                     events.setdefault(m, []).append("modified")
                 sink.write(form.topic, t_msg, msg)
-            if raw and events_raw:
-                ev = _raw_events(frame.raw)
-                if ev is not None:
-                    sink.write(EVENTS_TOPIC, stamp, M.pointcloud2(ts, ev, stamp, CAMERA_FRAME))
             sink.write(GT_TOPIC, stamp, M.image(ts, np.ascontiguousarray(frame.label), "mono8", stamp, CAMERA_FRAME))
             sink.write(INFO_TOPIC, stamp, M.frame_info(ts, {
                 "index": frame.index, "name": frame.name, "stamp_ns": stamp, "condition": frame.condition,
@@ -216,8 +216,7 @@ def write_bag(frames: Iterable[SourceFrame], spec: ModelSpec, out: str | Path, *
         sink.set_custom("spec", spec.to_json())
         sink.set_custom("topics", {
             "modalities": {m: f.as_dict() for m, f in forms.items()}, "camera_info": CAMERA_INFO_TOPIC,
-            "ground_truth": GT_TOPIC, "frame_info": INFO_TOPIC, "camera_frame": CAMERA_FRAME,
-            "raw_events": EVENTS_TOPIC if events_raw else None})
+            "ground_truth": GT_TOPIC, "frame_info": INFO_TOPIC, "camera_frame": CAMERA_FRAME})
         sink.set_custom("source", dict(source_info or {}, frames=n, rate=rate, start_ns=start_ns, raw=raw))
         sink.set_custom("injections", {"seed": seed, "items": injector.record()})
         counts = dict(sink.counts)
@@ -233,12 +232,10 @@ def _raw_k(raw: Any, h: int, w: int) -> list[float] | None:
     return [float(v) for v in np.asarray(cam.K).reshape(-1)]
 
 
-def _add_topics(sink: BagSink, forms: dict[str, TopicForm], raw: bool, events_raw: bool = False) -> None:
+def _add_topics(sink: BagSink, forms: dict[str, TopicForm], raw: bool) -> None:
     sink.add_topic(CAMERA_INFO_TOPIC, M.CAMERA_INFO, QOS_SENSOR)
     for f in forms.values():
         sink.add_topic(f.topic, M.IMAGE if f.kind == "image" else M.POINTCLOUD2, QOS_SENSOR)
-    if events_raw:
-        sink.add_topic(EVENTS_TOPIC, M.POINTCLOUD2, QOS_SENSOR)
     sink.add_topic(GT_TOPIC, M.IMAGE, QOS_RELIABLE)
     sink.add_topic(INFO_TOPIC, M.STRING, QOS_RELIABLE)
     if raw and any(f.kind == "pointcloud2" and f.frame_id != CAMERA_FRAME for f in forms.values()):
@@ -286,7 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stamp of the first frame, seconds since the epoch (fixed default: reproducible bags)")
     p.add_argument("--limit", type=int, default=None, help="convert at most this many frames")
     p.add_argument("--raw", action="store_true", help="write raw sensor forms where the dataset has them (metric "
-                   "depth 32FC1, LiDAR PointCloud2 + /tf_static extrinsic, events) so the node's vehicle path runs")
+                   "depth 32FC1, LiDAR PointCloud2 + /tf_static extrinsic, events as PointCloud2 x,y,t,polarity) so "
+                   "the node's vehicle path runs")
     p.add_argument("--seed", type=int, default=0, help="seed of every random failure injection")
     inj = p.add_argument_group("failure injection (repeatable; MOD is a modality name or 'all')")
     inj.add_argument("--drop", action="append", metavar="MOD:P", help="drop a fraction P of the messages")
