@@ -262,6 +262,21 @@ class Player:
         self.stats.wall_s = time.perf_counter() - t_run
         return self.stats
 
+    def flush(self, timeout: float = 2.0) -> None:
+        """Wait until reliable subscribers acknowledged everything (a process exiting right after its last publish
+        would otherwise drop messages still in flight), then a moment for best-effort sends."""
+        from rclpy.duration import Duration
+        deadline = time.monotonic() + timeout
+        for pub in self.publishers.values():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                pub.wait_for_all_acked(Duration(nanoseconds=int(left * 1e9)))
+            except Exception:  # noqa: BLE001 - best effort publishers / older rmw: nothing to wait for
+                pass
+        time.sleep(0.1)
+
     def close(self) -> None:
         try:
             self.reader.close()
@@ -304,6 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             player.warn("not every topic has a subscriber; starting anyway")
         time.sleep(max(0.0, args.delay))
         stats = player.run()
+        player.flush()
     except ReplayError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
