@@ -106,3 +106,21 @@ def test_live_scores_what_the_node_published(tmp_path: Path, model: Path, data: 
     for s, m in matched:
         np.testing.assert_array_equal(m, offline[s])  # the node computed what the offline pipeline computes
     (tmp_path / "live.json").write_text(json.dumps(rep))
+
+
+def test_offline_frozen_camera_fails_over(tmp_path: Path, model: Path) -> None:
+    from equiseg_ros.bag._inject import parse
+    from equiseg_ros.bag._sources import SourceFrame
+    from equiseg_ros.spec import deliver_spec
+    spec = deliver_spec()
+    rng = np.random.default_rng(5)
+    frames = [SourceFrame(i, f"f{i}", {m: rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+                                       for m in spec.modality_names},
+                          rng.integers(0, 25, (SIZE, SIZE), dtype=np.uint8), condition="sun") for i in range(20)]
+    bag = tmp_path / "bag"
+    convert.write_bag(frames, spec, bag, injections=[parse("freeze", "rgb:0.5-1.5")], progress=False)
+    rep = evaluate_offline(bag, load_backend(model))
+    # 10 identical rgb frames: the health check flags the camera after a few, the synchroniser fails over to depth
+    assert rep["unhealthy"]["rgb"] >= 3 and rep["anchors"]["depth"] >= 3
+    assert rep["absent"]["rgb"]["unhealthy"] == rep["anchors"]["depth"]
+    assert rep["frames_answered"] == 20
