@@ -198,6 +198,11 @@ class MixTransformer(nn.Module):
                 for j in range(cfg.depths[s])))
             setattr(self, f"norm{s + 1}", nn.LayerNorm(cfg.embed_dims[s], eps=1e-6))
         self.apply(_init_weights)
+        for s in range(4):
+            # A zero patch-embedding bias maps an all-zero patch (empty LiDAR/event area, a dropped modality) to an
+            # exactly-zero token; LayerNorm then scales its gradient by 1/sqrt(eps) = 1000 per norm, compounding to
+            # inf through the stages. A small random bias (as pretrained weights have) keeps such tokens non-constant.
+            nn.init.normal_(getattr(self, f"patch_embed{s + 1}").proj.bias, 0.0, 0.1)
 
     def forward_stage(self, s: int, x: torch.Tensor) -> torch.Tensor:
         """Stage ``s`` (0-based): map [B, C_in, H, W] -> map [B, C_s, H', W']."""
