@@ -84,8 +84,9 @@ class Player:
 
     ``on_publish(topic, bag_ts_ns, wall_time)`` is called after every message (used by live evaluation to know
     when each stamp left). ``stop()`` from another thread ends the replay after the current message.
-    ``prefetch`` reads ahead in a thread; off by default: on 2 loaded cores the reader thread's GIL contention made
-    the timing worse (bench/bench_bags.py measures both).
+    ``prefetch`` reads ahead in a thread. Off by default: measured side by side (bench/bench_bags.py, 1024² x4 at
+    10 Hz) it did not help on an idle 2-core machine (p95 gap error 3.5 vs 1.7 ms without) and was worse on
+    saturated cores (GIL contention with the publishing loop: 45-81 vs 14-30 ms).
     """
 
     def __init__(self, bag: str | Path, *, rate: float = 1.0, loop: bool = False, clock: bool = False,
@@ -302,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reliable", action="store_true",
                    help="publish every topic RELIABLE (overrides the recorded QoS; subscribers asking for reliable "
                    "delivery do not match best-effort publishers)")
+    p.add_argument("--prefetch", action="store_true",
+                   help="read the bag ahead in a second thread (default: read in the publishing thread)")
     p.add_argument("--quiet", action="store_true", help="no summary line")
     return p
 
@@ -314,7 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     player = None
     try:
         player = Player(args.bag, rate=args.rate, loop=args.loop, clock=args.clock, clock_hz=args.clock_hz,
-                        topics=args.topics, reliable=True if args.reliable else None)
+                        topics=args.topics, reliable=True if args.reliable else None, prefetch=args.prefetch)
         if args.wait_for_subscribers > 0 and not player.wait_for_subscribers(args.wait_for_subscribers):
             player.warn("not every topic has a subscriber; starting anyway")
         time.sleep(max(0.0, args.delay))
