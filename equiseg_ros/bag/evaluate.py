@@ -267,6 +267,8 @@ def ros_environment(shm: bool = True) -> dict[str, str]:
     if shm and SHM_PROFILE.exists() and "FASTDDS_DEFAULT_PROFILES_FILE" not in env:
         env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(SHM_PROFILE)
     env.setdefault("PYTHONUNBUFFERED", "1")
+    # the node and the replayer both run on this machine: keep discovery off the network unless the user says otherwise
+    env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     return env
 
 
