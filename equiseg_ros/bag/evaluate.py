@@ -298,9 +298,10 @@ def evaluate_live(bag: str | Path, model: str | Path, *, rate: float = 1.0, node
     gt = read_ground_truth(bag)
     params = node_params_for_bag(layout, spec)
     env = ros_environment()
-    saved_profile = os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE")
-    if env.get("FASTDDS_DEFAULT_PROFILES_FILE"):  # this process's participant uses the node's transport profile
-        os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = env["FASTDDS_DEFAULT_PROFILES_FILE"]
+    # this process's participant uses the node's transport profile and discovery range
+    shared_vars = ("FASTDDS_DEFAULT_PROFILES_FILE", "ROS_AUTOMATIC_DISCOVERY_RANGE")
+    saved_env = {k: os.environ.get(k) for k in shared_vars}
+    os.environ.update({k: env[k] for k in shared_vars if env.get(k)})
     log = open(log_path, "w") if log_path else subprocess.DEVNULL  # noqa: SIM115 - closed below
     node = subprocess.Popen(node_command(model, params, node_args), env=env, stdout=log, stderr=subprocess.STDOUT,
                             cwd=ROOT)
@@ -367,10 +368,11 @@ def evaluate_live(bag: str | Path, model: str | Path, *, rate: float = 1.0, node
                 node.wait()
         if log is not subprocess.DEVNULL:
             log.close()
-        if saved_profile is None:
-            os.environ.pop("FASTDDS_DEFAULT_PROFILES_FILE", None)
-        else:
-            os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = saved_profile
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     scorer = Scorer(spec, gt)
     latencies = []
     for stamp, t, labels in masks:
