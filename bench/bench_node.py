@@ -92,6 +92,7 @@ def run_config(onnx: Path, size: int, profile: str, reliability: str, period: fl
                 "tail": period + 1.0, "phases": [{"name": "run", "duration": duration}], "startup_timeout": 90}
     (tmp / "s.json").write_text(json.dumps(scenario))
     overrides = ["inputs.event.type:=image", "inputs.lidar.type:=pointcloud2", "inputs.lidar.topic:=lidar/points",
+                 "inputs.lidar.extrinsic:=[0.0,0.0,0.0,0.0,0.0,0.0,1.0]",  # points in the camera frame (required)
                  f"qos.reliability:={reliability}", f"backend.threads:={args.threads}", "backend.prefer:=[onnxruntime]",
                  "diagnostics.period:=0.5", f"diagnostics.window:={max(10.0, duration)}", "health.noise_ratio:=0.0",
                  # a sensor slower than max_age counts as dead and the anchor would not wait for it

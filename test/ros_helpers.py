@@ -112,7 +112,7 @@ class Scene:
         pts = np.zeros(n, dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("intensity", "<f4")])
         pts["x"] = self.rng.uniform(-10, 10, n)
         pts["y"] = self.rng.uniform(-2, 2, n)
-        pts["z"] = self.rng.uniform(2, 40, n)  # camera optical frame (identity extrinsic): in front of the camera
+        pts["z"] = self.rng.uniform(2, 40, n)  # camera optical frame (give the node the identity extrinsic)
         pts["intensity"] = self.rng.uniform(0, 1, n)
         return pts
 

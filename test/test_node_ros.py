@@ -27,8 +27,9 @@ import ros_helpers as rh  # noqa: E402
 
 pytestmark = pytest.mark.ros
 
+# the driver's LiDAR points are in the camera optical frame: the identity extrinsic, given explicitly (required)
 COMMON = ["inputs.event.type:=compressed", "inputs.lidar.type:=pointcloud2", "inputs.lidar.topic:=lidar/points",
-          "diagnostics.period:=0.3", "backend.threads:=1"]
+          "inputs.lidar.extrinsic:=[0.0,0.0,0.0,0.0,0.0,0.0,1.0]", "diagnostics.period:=0.3", "backend.threads:=1"]
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,12 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import cv2
 import numpy as np
 import pytest
 import yaml
 
-from equiseg_ros.ros import _inputs, overlay
 from equiseg_ros.ros import diagnostics as diag
+from equiseg_ros.ros import overlay
 from equiseg_ros.ros._stats import Window
 from equiseg_ros.ros._transport import TransportWatch
 from equiseg_ros.ros.params import (
@@ -25,6 +24,7 @@ from equiseg_ros.ros.params import (
     modality_params,
 )
 from equiseg_ros.ros.worker import InferenceWorker, LatestSlot
+from equiseg_ros.sensors.frontend import SensorFrontend, health_kind
 from equiseg_ros.sensors.geometry import CameraModel
 from equiseg_ros.spec import synthetic_spec
 
@@ -183,55 +183,137 @@ def test_transport_watch_warns_once():
     assert warn and "best-effort" in warn and tw.check_silent("/b", 1, 0, 5.0) is None
 
 
-# ---- decoded messages -> model input ---------------------------------------------------------------------------
+# ---- decoded messages -> model input (the node's SensorFrontend) ------------------------------------------------
 def _item(kind, data, encoding):
     return SimpleNamespace(kind=kind, data=data, encoding=encoding)
 
 
-def test_assemble_converts_every_input_kind_like_the_training_data():
+def test_node_assembles_every_input_kind_like_the_training_data():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from equiseg_ros.data.transforms import resize_modality
+    from equiseg_ros.sensors.depth import depth_to_image
+    from equiseg_ros.sensors.lidar import lidar_to_image
+
     spec = synthetic_spec()
     cam = CameraModel.pinhole(40.0, 40.0, 24.0, 18.0, 48, 36)
     rgb = np.random.default_rng(0).integers(0, 255, (36, 48, 3), dtype=np.uint8)
     depth = np.full((36, 48), 5.0, np.float32)
+    depth[:, :8] = 12.0
     ev = np.zeros((36, 48, 3), np.uint8)
     ev[10, 10] = (3, 0, 0)
     pts = np.zeros(2000, dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("intensity", "<f4")])
+    pts["x"] = np.linspace(-3, 3, 2000)
     pts["z"] = np.linspace(2, 30, 2000)
     items = {"rgb": _item("image", rgb, "rgb8"), "depth": _item("image", depth, "32FC1"),
              "event": _item("compressed", ev, "rgb8"), "lidar": _item("pointcloud2", pts, "pointcloud2")}
-    x, present, failed = _inputs.assemble(spec, (32, 32), items, cam, {"lidar": None})
+    fe = SensorFrontend(spec, extrinsics={"lidar": np.eye(4)}, size=(32, 32))
+    fe.set_camera(cam)  # as the node does when CameraInfo arrives
+    x, present, failed = fe.assemble_with_reasons(items)
     assert x.shape == (1, 4, 3, 32, 32) and present.all() and not failed
-    want = spec.normalize("rgb", cv2.resize(rgb, (32, 32), interpolation=cv2.INTER_LINEAR))
-    np.testing.assert_allclose(x[0, 0], want, atol=1e-6)
-    from equiseg_ros.sensors.depth import depth_to_image
-
-    hha = depth_to_image(np.full((32, 32), 5.0, np.float32), "hha", cam.scaled(32, 32))
-    np.testing.assert_allclose(x[0, 1], spec.normalize("depth", hha), atol=1e-6)
-    assert np.count_nonzero(x[0, 3]) > 0  # LiDAR hits projected into the camera
+    np.testing.assert_allclose(x[0, 0], spec.normalize("rgb", resize_modality(rgb, "rgb8", 32, 32)), atol=1e-5)
+    hha = resize_modality(depth_to_image(depth, "hha", cam), "hha", 32, 32)  # HHA at native size, then resize
+    np.testing.assert_allclose(x[0, 1], spec.normalize("depth", hha), atol=1e-5)
+    pts4 = np.stack([pts["x"], pts["y"], pts["z"], pts["intensity"]], axis=1)
+    lid = resize_modality(lidar_to_image(pts4, np.eye(4), cam, encoding="lidar_image", dilation=2), "lidar_image",
+                          32, 32)  # the training LiDAR dilation (2)
+    np.testing.assert_allclose(x[0, 3], spec.normalize("lidar", lid), atol=1e-5)
+    # the node's concurrent conversion gives the very same input
+    with ThreadPoolExecutor(4) as pool:
+        xp, presentp, failedp = fe.assemble_with_reasons(items, pool)
+    assert (xp == x).all() and (presentp == present).all() and failedp == failed
     # without CameraInfo a point cloud cannot be projected: absent with a reason, the rest still present
-    x2, present2, failed2 = _inputs.assemble(spec, (32, 32), {**items, "event": None}, None, {})
+    fe.set_camera(None)
+    x2, present2, failed2 = fe.assemble_with_reasons({**items, "event": None})
     assert present2.tolist() == [[True, True, False, False]] and "camera_info" in failed2["lidar"]
     assert not x2[0, 2].any() and not x2[0, 3].any()  # absent = zero-filled
+    # no extrinsic parameter: no silent identity any more, absent with a reason naming the extrinsic
+    fe2 = SensorFrontend(spec, camera=cam, size=(32, 32))
+    with ThreadPoolExecutor(2) as pool:
+        _, present3, failed3 = fe2.assemble_with_reasons(items, pool)
+    assert present3.tolist() == [[True, True, True, False]] and "extrinsic" in failed3["lidar"]
 
 
 def test_health_kind_routing():
-    assert _inputs.health_kind("rgb8", "image", np.zeros((2, 2, 3), np.uint8)) == "image"
-    assert _inputs.health_kind("hha", "image", np.zeros((2, 2), np.float32)) == "depth"
-    assert _inputs.health_kind("hha", "image", np.zeros((2, 2, 3), np.uint8)) == "other"
-    assert _inputs.health_kind("lidar_image", "pointcloud2", np.zeros(2)) == "pointcloud"
-    assert _inputs.health_kind("event_frame", "compressed", np.zeros((2, 2, 3), np.uint8)) == "events"
+    assert health_kind("rgb8", np.zeros((2, 2, 3), np.uint8)) == "image"
+    assert health_kind("hha", np.zeros((2, 2), np.float32)) == "depth"
+    assert health_kind("hha", np.zeros((2, 2, 3), np.uint8)) == "other"
+    assert health_kind("lidar_image", np.zeros(2, [("x", "<f4")])) == "pointcloud"
+    assert health_kind("event_frame", np.zeros(2, [("x", "<f4")])) == "events"
+    assert health_kind("event_frame", np.zeros((2, 2, 3), np.uint8)) == "events"
 
 
 def test_events_as_pointcloud_become_the_training_event_frame():
     from equiseg_ros.sensors.events import events_to_frame
 
+    spec = synthetic_spec()
     cam = CameraModel.pinhole(40.0, 40.0, 32.0, 32.0, 64, 64)
     ev = np.zeros(5, dtype=[("x", "<f8"), ("y", "<f8"), ("t", "<f8"), ("polarity", "<f8")])
     ev["x"], ev["y"] = [10, 10, 11, 40, 63], [20, 20, 21, 5, 63]
-    ev["t"] = [0.99, 0.995, 0.999, 1.0, 0.5]  # the last one is outside the 30 ms window
+    ev["t"] = [0.99, 0.995, 0.999, 1.0, 0.5]  # the last one is outside the accumulation window
     ev["polarity"] = [1, 1, 0, 1, 1]
-    img = _inputs.to_representation("event_frame", "pointcloud2", ev, "pointcloud2", cam, None, (32, 32))
-    want = events_to_frame(np.array([5, 5, 5, 20, 31]), np.array([10, 10, 10, 2, 31]), ev["t"], ev["polarity"], 32, 32)
-    assert (img == want).all() and img[10, 5, 0] == 2 and img[10, 5, 1] == 1 and img[31, 31].sum() == 0
-    with pytest.raises(_inputs.ConversionError, match="camera_info"):
-        _inputs.to_representation("event_frame", "pointcloud2", ev, "pointcloud2", None, None, (32, 32))
+    fe = SensorFrontend(spec, camera=cam, size=(64, 64))
+    img = fe.represent("event", ev, "pointcloud2", stamp=1.0)
+    window = fe.options["event"].event_window
+    want = events_to_frame(ev["x"], ev["y"], ev["t"], ev["polarity"], 64, 64, t_end=1.0, window_s=window)
+    assert (img == want).all() and img[20, 10, 0] == 2 and img[21, 11, 1] == 1 and img[63, 63].sum() == 0
+
+
+# ---- FramePipeline: the node's message path without DDS ---------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory) -> Path:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from ros_helpers import export_tiny
+
+    return export_tiny(tmp_path_factory.mktemp("pipeline") / "tiny32.onnx", 32)
+
+
+def _header(sec: float):
+    from builtin_interfaces.msg import Time
+    from std_msgs.msg import Header
+
+    ns = int(round(sec * 1e9))
+    return Header(stamp=Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000), frame_id="camera")
+
+
+def test_event_pointcloud_goes_through_the_pipeline(tiny_onnx: Path):
+    """Raw events (x, y, t, polarity: no z) are an event_frame input, not a malformed cloud missing z."""
+    from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
+
+    from equiseg_ros.inference.backend import load_backend
+    from equiseg_ros.ros import codecs
+    from equiseg_ros.ros.pipeline import FramePipeline
+
+    pipe = FramePipeline(load_backend(str(tiny_onnx), prefer=["onnxruntime"]), {
+        "inputs.event.type": "pointcloud2", "inputs.event.topic": "event/events", "health.enabled": False})
+    h, w = 36, 48
+    pipe.on_camera_info(CameraInfo(height=h, width=w, k=[40.0, 0, 24, 0, 40.0, 18, 0, 0, 1]))
+    assert pipe.camera is not None
+    stamp = 100.0
+    rng = np.random.default_rng(0)
+    ev = np.zeros(400, dtype=[("x", "<f4"), ("y", "<f4"), ("t", "<f8"), ("polarity", "u1")])
+    ev["x"], ev["y"] = rng.integers(0, w, 400), rng.integers(0, h, 400)
+    ev["t"] = stamp - rng.uniform(0, 0.02, 400)  # inside the accumulation window before the stamp
+    ev["polarity"] = rng.integers(0, 2, 400)
+    cloud = codecs.fill_pointcloud2(PointCloud2(), ev, PointField, _header(stamp))
+    rgb = codecs.fill_image(Image(), rng.integers(0, 255, (h, w, 3), dtype=np.uint8), "rgb8", _header(stamp))
+    assert pipe.on_sensor("event", cloud, now=stamp) is None  # buffered, not "malformed: missing field(s) ['z']"
+    assert pipe.on_sensor("rgb", rgb, now=stamp) is None
+    assert pipe.malformed["event"] == 0
+    frame = None
+    for k in range(100):  # the node's poll timer: the anchor waits sync.wait for the modalities still in flight
+        frame = frame or pipe.poll(stamp + 0.01 * k)
+    assert frame is not None and "event" in frame.items
+    x, present = pipe.assemble(frame)
+    ie = pipe.modalities.index("event")
+    assert present[0, ie] and pipe.conversion_failed["event"] == 0
+    ev_img = pipe.frontend.represent("event", ev, "pointcloud2", stamp)
+    assert ev_img.any()  # the events are counted, not an empty frame
+    np.testing.assert_allclose(x[0, ie], pipe.spec.normalize("event", ev_img), atol=1e-5)
+    # a cloud without time/polarity is malformed for an event modality, with the reason naming the field
+    bad = np.zeros(10, dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4")])
+    why = pipe.on_sensor("event", codecs.fill_pointcloud2(PointCloud2(), bad, PointField, _header(stamp + 0.1)),
+                         now=stamp + 0.1)
+    assert why is not None and why.startswith("malformed") and "time" in why and pipe.malformed["event"] == 1

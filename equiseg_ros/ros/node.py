@@ -33,7 +33,6 @@ from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from equiseg_ros.ros import _inputs  # noqa: E402
 from equiseg_ros.ros import diagnostics as diag  # noqa: E402
 from equiseg_ros.ros import overlay as render  # noqa: E402
 from equiseg_ros.ros._stats import Window  # noqa: E402
@@ -85,8 +84,10 @@ def build_node_class():
 
     from equiseg_ros.inference.backend import load_backend
     from equiseg_ros.ros import codecs
+    from equiseg_ros.ros.pipeline import decode
     from equiseg_ros.ros.sync import Synchronizer
     from equiseg_ros.ros.worker import InferenceWorker
+    from equiseg_ros.sensors.frontend import SensorFrontend, health_kind
     from equiseg_ros.sensors.health import HealthConfig, HealthMonitor
     from equiseg_ros.sensors.transforms_tf import extrinsic_from_param
 
@@ -205,8 +206,11 @@ def build_node_class():
                 depth_invalid_fraction=v["health.depth_invalid_fraction"], noise_ratio=v["health.noise_ratio"]))
             self._unhealthy: dict[str, str] = dict.fromkeys(self.modalities, "")
             self._extrinsics = {m: extrinsic_from_param(v[f"inputs.{m}.extrinsic"], f"inputs.{m}.extrinsic")
-                                if v.get(f"inputs.{m}.extrinsic") else None for m in self.modalities}
+                                for m in self.modalities if v.get(f"inputs.{m}.extrinsic")}
             self._representation = {m.name: m.representation for m in self.spec.modalities}
+            # the training data's conversions (LiDAR dilation, HHA at native resolution, events); camera on CameraInfo
+            self._frontend = SensorFrontend(self.spec, extrinsics=self._extrinsics,
+                                            size=tuple(self.backend.input_size))
             self._conversion_failed: dict[str, str] = dict.fromkeys(self.modalities, "")
             self._malformed_reason: dict[str, str] = dict.fromkeys(self.modalities, "")
             self._malformed_logged: set[str] = set()
@@ -276,29 +280,13 @@ def build_node_class():
                                               f"{self._resolve(self.values['camera_info_topic'])}: {reason}")
                 return
             self._camera_info, self._camera = msg, camera
-
-        def _decode(self, m: str, kind: str, msg: Any) -> Decoded:
-            topic = self._topics[m]
-            if kind == "image":
-                arr = codecs.image_to_numpy(msg, topic)
-                enc, nbytes = msg.encoding, len(msg.data)
-            elif kind == "compressed":
-                arr = codecs.compressed_image_to_numpy(msg, topic)  # colour comes back RGB
-                enc = {(np.dtype(np.uint8), 3): "rgb8", (np.dtype(np.uint8), 2): "mono8"}.get(
-                    (arr.dtype, arr.ndim), f"compressed:{msg.format}")
-                nbytes = len(msg.data)
-            else:
-                arr = codecs.pointcloud2_to_array(msg, topic)
-                enc, nbytes = "pointcloud2", len(msg.data)
-            if arr.size == 0:
-                raise codecs.DecodeError(topic, "empty message (no pixels / points)")
-            return Decoded(m, kind, arr, enc, msg.header, nbytes)
+            self._frontend.set_camera(camera)
 
         def _on_sensor(self, m: str, kind: str, msg: Any) -> None:
             now = self._now()
             try:
                 stamp = codecs.stamp_to_sec(msg.header)
-                dec = self._decode(m, kind, msg)
+                dec = decode(kind, msg, self._topics[m], m, self._representation[m])
                 if not np.isfinite(stamp):
                     raise codecs.DecodeError(self._topics[m], "non-finite header stamp")
             except (codecs.DecodeError, ValueError, TypeError, AttributeError) as exc:
@@ -315,7 +303,7 @@ def build_node_class():
                 warn = self._transport.observe(self._topics[m], dec.nbytes, now - stamp)
                 if warn:
                     self.get_logger().warning(warn)
-            ok, why = self.health.check(m, _inputs.health_kind(self._representation[m], kind, dec.data), dec.data)
+            ok, why = self.health.check(m, health_kind(self._representation[m], dec.data), dec.data)
             if not ok:
                 if self._unhealthy[m] != why.split(":")[0]:
                     self.get_logger().warning(f"{m} ({self._topics[m]}) unhealthy, left out of fusion: {why}")
@@ -391,8 +379,7 @@ def build_node_class():
         def _assemble(self, frame: Any) -> tuple[np.ndarray, np.ndarray]:
             """Synchronised decoded messages -> model input; a modality whose conversion fails is absent."""
             t0 = time.perf_counter()
-            x, present, failed = _inputs.assemble(self.spec, tuple(self.backend.input_size), frame.items,
-                                                  self._camera, self._extrinsics, self._pool)
+            x, present, failed = self._frontend.assemble_with_reasons(frame.items, self._pool)
             self._convert_ms.add(time.monotonic(), (time.perf_counter() - t0) * 1e3)
             for m in self.modalities:
                 if failed.get(m, "") != self._conversion_failed[m] and failed.get(m):

@@ -187,8 +187,10 @@ def modality_params(modalities: Sequence[str]) -> tuple[ParamDef, ...]:
             ParamDef(f"inputs.{m}.type", "image", f"message type of {m}: image (sensor_msgs/Image), compressed "
                      "(CompressedImage) or pointcloud2 (LiDAR/radar projected with CameraInfo + extrinsic; "
                      "events x, y, t, polarity)", one_of(*INPUT_TYPES)),
-            ParamDef(f"inputs.{m}.extrinsic", [], f"pointcloud2 only: camera<-{m} transform, 16 numbers "
-                     "(row-major 4x4) or 7 (tx ty tz qx qy qz qw); empty = identity", _extrinsic, kind="float[]"),
+            ParamDef(f"inputs.{m}.extrinsic", [], f"camera<-{m} transform, 16 numbers (row-major 4x4) or 7 "
+                     "(tx ty tz qx qy qz qw); required for a LiDAR/radar pointcloud2 (give the identity "
+                     "[0, 0, 0, 0, 0, 0, 1] explicitly for points already in the camera optical frame): without it "
+                     "the modality is absent; unused for images and event clouds", _extrinsic, kind="float[]"),
         ]
     return tuple(out)
 

@@ -4,13 +4,14 @@ Offline bag evaluation (``python -m equiseg_ros.bag.evaluate``) must score exact
 this module holds the node's message handling as plain Python over duck-typed messages (rclpy messages or the
 dataclasses ``rosbags`` deserialises) with an explicit clock ``now``. It is built from the very components the node
 uses - ``codecs`` (decoding, ``DecodeError`` -> malformed), ``sensors.health.HealthMonitor`` (frozen / black /
-saturated / invalid depth -> unhealthy), ``sync.Synchronizer`` (anchor + failover), ``_inputs.assemble`` (sensor
-front end: raw data -> the spec's representations -> ``x``/``present``) and the inference backend - configured from
-the node's parameter schema (``params.PARAMS`` + ``modality_params``, same defaults and checks).
+saturated / invalid depth -> unhealthy), ``sync.Synchronizer`` (anchor + failover), ``sensors.frontend.SensorFrontend``
+(raw data -> the spec's representations -> ``x``/``present``, the code that prepared the training data) and the
+inference backend - configured from the node's parameter schema (``params.PARAMS`` + ``modality_params``, same
+defaults and checks).
 
-Intended to be the node's own message handling (``PerceptionNode._on_sensor/_decode/_assemble`` do the same steps
-in the same order); until the node delegates to it, :data:`MIRRORS` names the node revision it mirrors and
-``test/test_bag_evaluate.py`` checks both give the same masks on the same bag.
+The node uses the same :func:`decode` and the same ``SensorFrontend``; until it delegates its whole message handling
+here, :data:`MIRRORS` names the node revision it mirrors and ``test/test_bag_evaluate.py`` checks both give the same
+masks on the same bag.
 What is deliberately different offline: every synchronised frame is inferred (the node's worker keeps only the
 newest frame when inference is slower than the sensors), and the node's 10 ms poll timer is emulated by the caller.
 """
@@ -21,10 +22,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from equiseg_ros.ros import _inputs, codecs
+from equiseg_ros.ros import codecs
 from equiseg_ros.ros.node import Decoded
 from equiseg_ros.ros.params import PARAMS, check_all, modality_params
 from equiseg_ros.ros.sync import SyncedFrame, Synchronizer
+from equiseg_ros.sensors.frontend import EVENT_POLARITY_FIELDS, EVENT_TIME_FIELDS, SensorFrontend, health_kind
 from equiseg_ros.sensors.health import HealthConfig, HealthMonitor
 from equiseg_ros.sensors.transforms_tf import extrinsic_from_param
 
@@ -45,16 +47,31 @@ class FrameResult:
     stamp_ns: int = 0
 
 
-def decode(kind: str, msg: Any, topic: str, modality: str) -> Decoded:
-    """One sensor message -> Decoded (as ``PerceptionNode._decode``); DecodeError when malformed or empty."""
+def cloud_fields(representation: str) -> tuple[str, ...]:
+    """Fields a PointCloud2 must have to feed ``representation``: x, y for events (time and polarity are checked
+    by :func:`decode` under their accepted names), x, y, z for LiDAR / radar."""
+    return ("x", "y") if representation == "event_frame" else ("x", "y", "z")
+
+
+def decode(kind: str, msg: Any, topic: str, modality: str, representation: str = "") -> Decoded:
+    """One sensor message -> Decoded; DecodeError when malformed or empty. The node and the offline evaluation both
+    call this. ``representation`` (the modality's, from the spec) decides which fields a PointCloud2 needs."""
     if kind == "image":
         arr = codecs.image_to_numpy(msg, topic)
         enc, nbytes = msg.encoding, len(msg.data)
     elif kind == "compressed":
-        arr = codecs.compressed_image_to_numpy(msg, topic)
-        enc, nbytes = f"compressed:{msg.format}", len(msg.data)
+        arr = codecs.compressed_image_to_numpy(msg, topic)  # colour comes back RGB
+        enc = {(np.dtype(np.uint8), 3): "rgb8", (np.dtype(np.uint8), 2): "mono8"}.get(
+            (arr.dtype, arr.ndim), f"compressed:{msg.format}")
+        nbytes = len(msg.data)
     else:
-        arr = codecs.pointcloud2_to_array(msg, topic)
+        arr = codecs.pointcloud2_to_array(msg, topic, require=cloud_fields(representation))
+        if representation == "event_frame":
+            names = arr.dtype.names or ()
+            for what, accepted in (("time", EVENT_TIME_FIELDS), ("polarity", EVENT_POLARITY_FIELDS)):
+                if not any(n in names for n in accepted):
+                    raise codecs.DecodeError(topic, f"event cloud has no {what} field (one of {list(accepted)}); "
+                                                    f"cloud has {list(names)}")
         enc, nbytes = "pointcloud2", len(msg.data)
     if arr.size == 0:
         raise codecs.DecodeError(topic, "empty message (no pixels / points)")
@@ -85,8 +102,9 @@ class FramePipeline:
         self.kinds = {m: v[f"inputs.{m}.type"] for m in self.modalities}
         self.topics = {m: v[f"inputs.{m}.topic"] for m in self.modalities}
         self.extrinsics = {m: extrinsic_from_param(v[f"inputs.{m}.extrinsic"], f"inputs.{m}.extrinsic")
-                           if v.get(f"inputs.{m}.extrinsic") else None for m in self.modalities}
+                           for m in self.modalities if v.get(f"inputs.{m}.extrinsic")}
         self.representation = {m.name: m.representation for m in self.spec.modalities}
+        self.frontend = SensorFrontend(self.spec, extrinsics=self.extrinsics, size=tuple(backend.input_size))
         self.camera: Any = None
         self.camera_info: Any = None
         self.malformed: dict[str, int] = dict.fromkeys(self.modalities, 0)
@@ -102,20 +120,20 @@ class FramePipeline:
             self.camera_malformed += 1
             return
         self.camera_info, self.camera = msg, camera
+        self.frontend.set_camera(camera)
 
     def on_sensor(self, modality: str, msg: Any, now: float) -> str | None:
         """Decode, health-check and buffer one message; returns why it was not buffered (None when it was)."""
         try:
             stamp = codecs.stamp_to_sec(msg.header)
-            dec = decode(self.kinds[modality], msg, self.topics[modality], modality)
+            dec = decode(self.kinds[modality], msg, self.topics[modality], modality, self.representation[modality])
             if not np.isfinite(stamp):
                 raise codecs.DecodeError(self.topics[modality], "non-finite header stamp")
         except (codecs.DecodeError, ValueError, TypeError, AttributeError) as exc:
             self.sync.mark_malformed(modality, now)
             self.malformed[modality] += 1
             return f"malformed: {exc}"
-        ok, why = self.health.check(modality, _inputs.health_kind(self.representation[modality], dec.kind, dec.data),
-                                    dec.data)
+        ok, why = self.health.check(modality, health_kind(self.representation[modality], dec.data), dec.data)
         if not ok:
             self.sync.mark_unhealthy(modality, why, now)
             self.unhealthy[modality] += 1
@@ -129,8 +147,7 @@ class FramePipeline:
 
     # ---- the worker's step ------------------------------------------------------------------------------------
     def assemble(self, frame: SyncedFrame) -> tuple[np.ndarray, np.ndarray]:
-        x, present, failed = _inputs.assemble(self.spec, tuple(self.backend.input_size), frame.items, self.camera,
-                                              self.extrinsics)
+        x, present, failed = self.frontend.assemble_with_reasons(frame.items)
         for m in failed:
             self.conversion_failed[m] += 1
         return x, present

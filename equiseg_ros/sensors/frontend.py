@@ -22,6 +22,7 @@ What each representation accepts:
 """
 from __future__ import annotations
 
+from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
@@ -34,12 +35,13 @@ from equiseg_ros.sensors.lidar import ENCODINGS as POINT_REPRESENTATIONS
 from equiseg_ros.sensors.lidar import lidar_to_image, metric_rih_to_image
 from equiseg_ros.spec import ModelSpec
 
-__all__ = ["ModalityOptions", "RepresentationError", "SensorFrontend", "default_options", "health_kind"]
+__all__ = ["EVENT_POLARITY_FIELDS", "EVENT_TIME_FIELDS", "ModalityOptions", "RepresentationError", "SensorFrontend",
+           "default_options", "health_kind"]
 
 DEPTH_REPRESENTATIONS = ("hha", "depth8")
 _BGR = ("bgr8", "bgra8", "bgr16", "bgra16")
-_T_NAMES = ("t", "ts", "time", "timestamp")
-_P_NAMES = ("polarity", "p", "pol")
+EVENT_TIME_FIELDS = ("t", "ts", "time", "timestamp")  # accepted names of an event cloud's time field
+EVENT_POLARITY_FIELDS = ("polarity", "p", "pol")  # ... and of its polarity field
 
 
 class RepresentationError(ValueError):
@@ -236,7 +238,7 @@ class SensorFrontend:
     def _events(self, m: str, ev: np.ndarray, opt: ModalityOptions, stamp: float | None) -> np.ndarray:
         flat = ev.reshape(-1)
         names = flat.dtype.names
-        tn, pn = _pick(names, _T_NAMES), _pick(names, _P_NAMES)
+        tn, pn = _pick(names, EVENT_TIME_FIELDS), _pick(names, EVENT_POLARITY_FIELDS)
         if "x" not in names or "y" not in names or tn is None or pn is None:
             raise RepresentationError(m, f"event cloud needs x, y, t and polarity fields, has {list(names)}")
         if opt.event_size is not None:
@@ -250,31 +252,44 @@ class SensorFrontend:
         return events_to_frame(flat["x"], flat["y"], t, flat[pn], h, w, t_end=stamp, window_s=opt.event_window)
 
     # ---- the model input -------------------------------------------------------------------------------------
-    def assemble(self, items: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    def assemble(self, items: Mapping[str, Any], pool: Executor | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Payloads per modality (None = absent) -> ``x float32 [1, M, 3, H, W]``, ``present bool [1, M]``."""
-        x, present, _ = self.assemble_with_reasons(items)
+        x, present, _ = self.assemble_with_reasons(items, pool)
         return x, present
 
-    def assemble_with_reasons(self, items: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
-        """Like :meth:`assemble`, plus the reason of every modality that was given but could not be converted."""
+    def assemble_with_reasons(self, items: Mapping[str, Any], pool: Executor | None = None
+                              ) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
+        """Like :meth:`assemble`, plus the reason of every modality that was given but could not be converted.
+
+        With ``pool`` the modalities are converted concurrently (the numpy/OpenCV work releases the GIL, so a LiDAR
+        projection and an HHA image overlap instead of adding up); each writes only its own slot of ``x``, so the
+        result is identical to the sequential one.
+        """
         h, w = self.size
         M = self.spec.num_modalities
         x = np.zeros((1, M, 3, h, w), np.float32)
         present = np.zeros((1, M), np.bool_)
         failed: dict[str, str] = {}
-        for i, mod in enumerate(self.spec.modalities):
-            payload = items.get(mod.name)
-            if payload is None:
-                continue
+
+        def one(i: int, name: str, payload: Any) -> None:
             try:
                 data, enc, stamp = _unpack(payload)
-                img = self.represent(mod.name, data, enc, stamp)
+                img = self.represent(name, data, enc, stamp)
             except (RepresentationError, ValueError, TypeError, KeyError) as exc:
-                failed[mod.name] = exc.reason if isinstance(exc, RepresentationError) else f"{exc}"
-                continue
+                failed[name] = exc.reason if isinstance(exc, RepresentationError) else f"{exc}"
+                return
             self.normalize_into(x[0, i], i, img)
             present[0, i] = True
-        return x, present, failed
+
+        todo = [(i, mod.name, items.get(mod.name)) for i, mod in enumerate(self.spec.modalities)]
+        todo = [t for t in todo if t[2] is not None]
+        if pool is not None and len(todo) > 1:
+            for f in [pool.submit(one, *t) for t in todo]:
+                f.result()
+        else:
+            for t in todo:
+                one(*t)
+        return x, present, dict(sorted(failed.items(), key=lambda kv: self.spec.modality_names.index(kv[0])))
 
     def normalize_into(self, out: np.ndarray, index: int, img: np.ndarray) -> None:
         """Write ``(img / 255 - mean) / std`` as [3, H, W] into ``out`` (same values as ``spec.normalize``)."""
