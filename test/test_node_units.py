@@ -317,3 +317,14 @@ def test_event_pointcloud_goes_through_the_pipeline(tiny_onnx: Path):
     why = pipe.on_sensor("event", codecs.fill_pointcloud2(PointCloud2(), bad, PointField, _header(stamp + 0.1)),
                          now=stamp + 0.1)
     assert why is not None and why.startswith("malformed") and "time" in why and pipe.malformed["event"] == 1
+
+
+def test_pipeline_synchronises_like_the_node(tiny_onnx: Path):
+    """Same Synchronizer set-up as the node: a partial priority list is completed in spec order, sync.wait is used."""
+    from equiseg_ros.inference.backend import load_backend
+    from equiseg_ros.ros.pipeline import FramePipeline
+
+    pipe = FramePipeline(load_backend(str(tiny_onnx), prefer=["onnxruntime"]),
+                         {"sync.priority": ["lidar"], "sync.wait": 0.2})
+    rest = [m for m in pipe.modalities if m != "lidar"]
+    assert pipe.sync.priority == ("lidar", *rest) and pipe.sync.wait == 0.2

@@ -4,8 +4,9 @@
 
 Flow (DESIGN.md): each sensor callback decodes its message (``codecs``; a malformed one is dropped, counted and
 reported, never fatal), checks health (frozen content), and pushes the decoded array into the anchor/failover
-``Synchronizer``; every synchronised frame goes to :class:`~equiseg_ros.ros.worker.InferenceWorker`, which runs the
-backend on the newest frame only, off the executor thread. The worker converts the frame to the model input with the
+``Synchronizer`` (``pipeline.FramePipeline.receive``: the path the offline bag evaluation runs too); every
+synchronised frame goes to :class:`~equiseg_ros.ros.worker.InferenceWorker`, which runs the backend on the newest
+frame only, off the executor thread. The worker converts the frame to the model input with the
 shared ``sensors`` front end (the same code that prepared the training data), infers, and publishes what has
 subscribers: ``~/mask`` (mono8 ids, 255 = unlabeled), ``~/overlay`` (rgb8), ``~/confidence``. ``~/label_info``
 (transient local) carries classes and palette as JSON; ``/diagnostics`` one status per sensor and one for inference.
@@ -84,12 +85,8 @@ def build_node_class():
 
     from equiseg_ros.inference.backend import load_backend
     from equiseg_ros.ros import codecs
-    from equiseg_ros.ros.pipeline import decode
-    from equiseg_ros.ros.sync import Synchronizer
+    from equiseg_ros.ros.pipeline import FramePipeline
     from equiseg_ros.ros.worker import InferenceWorker
-    from equiseg_ros.sensors.frontend import SensorFrontend, health_kind
-    from equiseg_ros.sensors.health import HealthConfig, HealthMonitor
-    from equiseg_ros.sensors.transforms_tf import extrinsic_from_param
 
     msg_types = {"image": Image, "compressed": CompressedImage, "pointcloud2": PointCloud2}
     ros_types = {"bool": Parameter.Type.BOOL, "int": Parameter.Type.INTEGER, "float": Parameter.Type.DOUBLE,
@@ -187,10 +184,13 @@ def build_node_class():
         # ---- set-up --------------------------------------------------------------------------------------
         def _init_state(self) -> None:
             v = self.values
-            # a partial priority list ranks those first, the rest follow in the spec's order
-            prio = list(v["sync.priority"]) + [m for m in self.modalities if m not in v["sync.priority"]]
-            self.sync = Synchronizer(self.modalities, priority=prio, slop=v["sync.slop"],
-                                     max_age=v["sync.max_age"], buffer=v["sync.buffer"], wait=v["sync.wait"])
+            # the message path shared with the offline evaluation: decode -> health -> synchroniser, and the
+            # sensor front end (the training data's conversions; camera set when CameraInfo arrives)
+            self._pipe = FramePipeline(self.backend, v)
+            self.sync = self._pipe.sync
+            self.health = self._pipe.health
+            self._frontend = self._pipe.frontend
+            self._representation = self._pipe.representation
             win = v["diagnostics.window"]
             self._latency = Window(win)  # anchor stamp -> outputs published (s)
             self._infer_ms = Window(win)
@@ -200,17 +200,7 @@ def build_node_class():
                                             thread_name_prefix="equiseg-convert")
             self._published = Window(win)
             self._arrivals = {m: Window(win) for m in self.modalities}
-            self.health = HealthMonitor(HealthConfig(
-                enabled=v["health.enabled"], frozen_frames=v["health.frozen_frames"], min_points=v["health.min_points"],
-                black_fraction=v["health.black_fraction"], saturated_fraction=v["health.saturated_fraction"],
-                depth_invalid_fraction=v["health.depth_invalid_fraction"], noise_ratio=v["health.noise_ratio"]))
             self._unhealthy: dict[str, str] = dict.fromkeys(self.modalities, "")
-            self._extrinsics = {m: extrinsic_from_param(v[f"inputs.{m}.extrinsic"], f"inputs.{m}.extrinsic")
-                                for m in self.modalities if v.get(f"inputs.{m}.extrinsic")}
-            self._representation = {m.name: m.representation for m in self.spec.modalities}
-            # the training data's conversions (LiDAR dilation, HHA at native resolution, events); camera on CameraInfo
-            self._frontend = SensorFrontend(self.spec, extrinsics=self._extrinsics,
-                                            size=tuple(self.backend.input_size))
             self._conversion_failed: dict[str, str] = dict.fromkeys(self.modalities, "")
             self._malformed_reason: dict[str, str] = dict.fromkeys(self.modalities, "")
             self._malformed_logged: set[str] = set()
@@ -262,6 +252,7 @@ def build_node_class():
                     msg_types[kind], topic, lambda msg, m=m, k=kind: self._on_sensor(m, k, msg), qos,
                     event_callbacks=events))
                 self._topics[m] = self._resolve(topic)
+            self._pipe.topics.update(self._topics)  # decode errors name the resolved topic
             self._subs.append(self.create_subscription(CameraInfo, self.values["camera_info_topic"],
                                                        self._on_camera_info, qos))
 
@@ -280,17 +271,15 @@ def build_node_class():
                                               f"{self._resolve(self.values['camera_info_topic'])}: {reason}")
                 return
             self._camera_info, self._camera = msg, camera
+            self._pipe.camera_info, self._pipe.camera = msg, camera
             self._frontend.set_camera(camera)
 
         def _on_sensor(self, m: str, kind: str, msg: Any) -> None:
+            """``FramePipeline.receive`` (the offline evaluation's path too), then logging and counters."""
             now = self._now()
-            try:
-                stamp = codecs.stamp_to_sec(msg.header)
-                dec = decode(kind, msg, self._topics[m], m, self._representation[m])
-                if not np.isfinite(stamp):
-                    raise codecs.DecodeError(self._topics[m], "non-finite header stamp")
-            except (codecs.DecodeError, ValueError, TypeError, AttributeError) as exc:
-                self.sync.mark_malformed(m, now)
+            rec = self._pipe.receive(m, msg, now)
+            if rec.error is not None:
+                exc = rec.error
                 reason = exc.reason if isinstance(exc, codecs.DecodeError) else f"{type(exc).__name__}: {exc}"
                 self._malformed_reason[m] = reason
                 if m not in self._malformed_logged:  # once per modality; counts go to /diagnostics
@@ -300,22 +289,17 @@ def build_node_class():
                 return
             self._arrivals[m].add(time.monotonic())
             if not self._sim_time:
-                warn = self._transport.observe(self._topics[m], dec.nbytes, now - stamp)
+                warn = self._transport.observe(self._topics[m], rec.decoded.nbytes, now - rec.stamp)
                 if warn:
                     self.get_logger().warning(warn)
-            ok, why = self.health.check(m, health_kind(self._representation[m], dec.data), dec.data)
-            if not ok:
+            why = rec.unhealthy
+            if why:
                 if self._unhealthy[m] != why.split(":")[0]:
                     self.get_logger().warning(f"{m} ({self._topics[m]}) unhealthy, left out of fusion: {why}")
                 self._unhealthy[m] = why.split(":")[0]
-                self.sync.mark_unhealthy(m, why, now)
-                self._poll()
-                return
-            if self._unhealthy[m]:
+            elif self._unhealthy[m]:
                 self._unhealthy[m] = ""
-                self.sync.mark_healthy(m)
                 self.get_logger().info(f"{m} ({self._topics[m]}): healthy again, back in fusion")
-            self.sync.push(m, stamp, dec, now)
             self._poll()
 
         def _poll(self) -> None:

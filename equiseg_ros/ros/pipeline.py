@@ -9,9 +9,11 @@ saturated / invalid depth -> unhealthy), ``sync.Synchronizer`` (anchor + failove
 inference backend - configured from the node's parameter schema (``params.PARAMS`` + ``modality_params``, same
 defaults and checks).
 
-The node uses the same :func:`decode` and the same ``SensorFrontend``; until it delegates its whole message handling
-here, :data:`MIRRORS` names the node revision it mirrors and ``test/test_bag_evaluate.py`` checks both give the same
-masks on the same bag.
+The node's sensor callback is :meth:`FramePipeline.receive` (decode, health, synchroniser push) and its worker uses
+the pipeline's ``SensorFrontend``, so the node and the offline evaluation share one message path; what stays in the
+node is DDS, logging, diagnostics counters, the newest-frame worker and the outputs. :data:`MIRRORS` names the node
+steps that are still emulated here (the poll timer, inference), and ``test/test_bag_evaluate.py`` checks both give
+the same masks on the same bag.
 What is deliberately different offline: every synchronised frame is inferred (the node's worker keeps only the
 newest frame when inference is slower than the sensors), and the node's 10 ms poll timer is emulated by the caller.
 """
@@ -30,7 +32,7 @@ from equiseg_ros.sensors.frontend import EVENT_POLARITY_FIELDS, EVENT_TIME_FIELD
 from equiseg_ros.sensors.health import HealthConfig, HealthMonitor
 from equiseg_ros.sensors.transforms_tf import extrinsic_from_param
 
-MIRRORS = "equiseg_ros/ros/node.py PerceptionNode._on_sensor/_decode/_poll/_process (d1a067a)"
+MIRRORS = "equiseg_ros/ros/node.py PerceptionNode._poll/_process (the node's timer and worker; on_sensor is shared)"
 POLL_PERIOD = 0.01  # the node's poll timer (s)
 
 
@@ -78,6 +80,24 @@ def decode(kind: str, msg: Any, topic: str, modality: str, representation: str =
     return Decoded(modality, kind, arr, enc, msg.header, nbytes)
 
 
+@dataclass
+class Received:
+    """What became of one sensor message: ``decoded`` (None when malformed), its header ``stamp`` (s), the decode
+    ``error`` when malformed, the health-check failure ``unhealthy`` ("" when healthy and buffered)."""
+
+    decoded: Decoded | None
+    stamp: float = float("nan")
+    error: Exception | None = None
+    unhealthy: str = ""
+
+    @property
+    def reason(self) -> str | None:
+        """Why the message was not buffered (None when it was)."""
+        if self.error is not None:
+            return f"malformed: {self.error}"
+        return f"unhealthy: {self.unhealthy}" if self.unhealthy else None
+
+
 class FramePipeline:
     """The node's pipeline for one model. ``params`` are node parameters (dotted names), validated like the node."""
 
@@ -93,8 +113,10 @@ class FramePipeline:
         if unknown:
             raise ValueError(f"unknown node parameter(s) {unknown}")
         self.values = v = check_all(raw, defs, self.modalities)
-        self.sync = Synchronizer(self.modalities, priority=v["sync.priority"] or None, slop=v["sync.slop"],
-                                 max_age=v["sync.max_age"], buffer=v["sync.buffer"])
+        # as the node: a partial priority list ranks those first, the rest follow in the spec's order
+        prio = list(v["sync.priority"]) + [m for m in self.modalities if m not in v["sync.priority"]]
+        self.sync = Synchronizer(self.modalities, priority=prio, slop=v["sync.slop"], max_age=v["sync.max_age"],
+                                 buffer=v["sync.buffer"], wait=v["sync.wait"])
         self.health = HealthMonitor(HealthConfig(
             enabled=v["health.enabled"], frozen_frames=v["health.frozen_frames"], min_points=v["health.min_points"],
             black_fraction=v["health.black_fraction"], saturated_fraction=v["health.saturated_fraction"],
@@ -124,6 +146,10 @@ class FramePipeline:
 
     def on_sensor(self, modality: str, msg: Any, now: float) -> str | None:
         """Decode, health-check and buffer one message; returns why it was not buffered (None when it was)."""
+        return self.receive(modality, msg, now).reason
+
+    def receive(self, modality: str, msg: Any, now: float) -> Received:
+        """:meth:`on_sensor` with the decoded message and its stamp (the node's callback: it logs and counts)."""
         try:
             stamp = codecs.stamp_to_sec(msg.header)
             dec = decode(self.kinds[modality], msg, self.topics[modality], modality, self.representation[modality])
@@ -132,15 +158,15 @@ class FramePipeline:
         except (codecs.DecodeError, ValueError, TypeError, AttributeError) as exc:
             self.sync.mark_malformed(modality, now)
             self.malformed[modality] += 1
-            return f"malformed: {exc}"
+            return Received(None, error=exc)
         ok, why = self.health.check(modality, health_kind(self.representation[modality], dec.data), dec.data)
         if not ok:
             self.sync.mark_unhealthy(modality, why, now)
             self.unhealthy[modality] += 1
-            return f"unhealthy: {why}"
+            return Received(dec, stamp, unhealthy=why or "unhealthy")
         self.sync.mark_healthy(modality)
         self.sync.push(modality, stamp, dec, now)
-        return None
+        return Received(dec, stamp)
 
     def poll(self, now: float) -> SyncedFrame | None:
         return self.sync.poll(now)
