@@ -186,12 +186,10 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
 
 def save_config(obj: Any, path: str | Path) -> Path:
     """Write the resolved config as YAML beside a run's outputs (atomically)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_suffix(p.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(obj), sort_keys=False))
-    tmp.replace(p)
-    return p
+    from equiseg_ros.checkpoint import atomic_write
+
+    text = yaml.safe_dump(to_dict(obj), sort_keys=False)
+    return atomic_write(path, lambda f: f.write(text.encode()))
 
 
 # ---- the shared schemas ----------------------------------------------------------------------------------

@@ -22,6 +22,8 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 from rosbags.typesys.store import Typestore
 
+from equiseg_ros.checkpoint import atomic_write
+
 DISTROS: dict[str, Stores] = {"humble": Stores.ROS2_HUMBLE, "jazzy": Stores.ROS2_JAZZY, "kilted": Stores.ROS2_KILTED}
 STORAGES: dict[str, StoragePlugin] = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
 CUSTOM_PREFIX = "equiseg_ros."
@@ -158,9 +160,8 @@ def _rewrite_metadata_for_humble(path: Path) -> None:
         entry["topic_metadata"].pop("type_description_hash", None)
     if not info.get("custom_data"):
         info.pop("custom_data", None)
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(yaml.safe_dump(data, default_flow_style=False, sort_keys=False))
-    tmp.replace(path)
+    text = yaml.safe_dump(data, default_flow_style=False, sort_keys=False)
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def read_custom(path: str | Path) -> dict[str, Any]:
