@@ -16,6 +16,7 @@ from typing import Sequence
 from rosbags.highlevel import AnyReader
 
 from equiseg_ros.bag.replay import message_class, qos_of
+from equiseg_ros.ros import codecs
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -45,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         def cb(msg: object, topic: str = conn.topic) -> None:
             now = time.time()
             hdr = getattr(msg, "header", None)
-            stamp = hdr.stamp.sec * 1_000_000_000 + hdr.stamp.nanosec if hdr is not None else None
+            stamp = codecs.stamp_to_ns(hdr) if hdr is not None else None
             rows.append({"topic": topic, "stamp": stamp, "t": now, "seq": len(rows),
                          "data": getattr(msg, "data", None) if isinstance(getattr(msg, "data", None), str) else None})
 

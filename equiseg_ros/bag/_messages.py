@@ -26,11 +26,6 @@ def split_ns(stamp_ns: int) -> tuple[int, int]:
     return int(stamp_ns) // 1_000_000_000, int(stamp_ns) % 1_000_000_000
 
 
-def stamp_to_ns(stamp: Any) -> int:
-    """builtin_interfaces/Time (any flavour) -> integer nanoseconds."""
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
-
-
 def header(ts: Typestore, stamp_ns: int, frame_id: str) -> Any:
     sec, nsec = split_ns(stamp_ns)
     time = ts.types["builtin_interfaces/msg/Time"](sec=sec, nanosec=nsec)

@@ -314,7 +314,7 @@ def evaluate_live(bag: str | Path, model: str | Path, *, rate: float = 1.0, node
 
     def on_mask_msg(msg: Any) -> None:
         t = time.time()
-        stamp = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+        stamp = codecs.stamp_to_ns(msg.header)
         with lock:
             masks.append((stamp, t, np.array(codecs.image_to_numpy(msg, "mask"))))
 

@@ -503,9 +503,3 @@ def evaluate(predict: Predict, loader: Iterable, spec: ModelSpec, protocols: Seq
         seconds=seconds, results=results, by_condition=by_kind["condition"], by_corner_case=by_kind["corner_case"],
         confusion=confusion,
     )
-
-
-def naive_pass_count(num_modalities: int, protocols: Sequence[str], settings: Sequence[str],
-                     rmm_rates: Sequence[float], nm_levels: Sequence[str]) -> int:
-    """How many passes over the data the reference scripts need for the same figures (one per result key)."""
-    return len(plan(num_modalities, protocols, settings, rmm_rates, nm_levels))

@@ -413,6 +413,12 @@ def stamp_to_sec(header_or_stamp: Any) -> float:
     return float(getattr(st, "sec", 0)) + float(getattr(st, "nanosec", 0)) * 1e-9
 
 
+def stamp_to_ns(header_or_stamp: Any) -> int:
+    """builtin_interfaces/Time (or a Header carrying one) -> integer nanoseconds (exact, for matching stamps)."""
+    st = getattr(header_or_stamp, "stamp", header_or_stamp)
+    return int(getattr(st, "sec", 0)) * 1_000_000_000 + int(getattr(st, "nanosec", 0))
+
+
 def header_fields(msg: Any) -> Mapping[str, Any]:
     """frame_id and float stamp of a message's header (for logs and the synchroniser)."""
     hdr = getattr(msg, "header", None)

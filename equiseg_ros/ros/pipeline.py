@@ -182,7 +182,7 @@ class FramePipeline:
         x, present = self.assemble(frame)
         labels, conf = self.backend.infer(x, present)
         anchor = frame.items[frame.anchor]
-        stamp_ns = int(anchor.header.stamp.sec) * 1_000_000_000 + int(anchor.header.stamp.nanosec)
+        stamp_ns = codecs.stamp_to_ns(anchor.header)
         return FrameResult(stamp=frame.stamp, anchor=frame.anchor, labels=np.asarray(labels[0]),
                            confidence=np.asarray(conf[0]),
                            present={m: bool(p) for m, p in zip(self.modalities, present[0])},
