@@ -3,13 +3,12 @@ a short --live run scores what the real node published and agrees with the offli
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from test_bag_fixtures import ROOT, make_deliver, ros_env
+from test_bag_fixtures import make_deliver, ros_env
 
 from equiseg_ros.bag import convert
 from equiseg_ros.bag._sources import FrameSource
@@ -17,7 +16,6 @@ from equiseg_ros.bag.evaluate import evaluate_live, evaluate_offline, run_offlin
 from equiseg_ros.evaluation.metrics import ConfusionMatrix
 from equiseg_ros.inference.backend import load_backend
 
-sys.path.insert(0, str(ROOT / "test"))
 SIZE = 32
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -83,8 +82,6 @@ def test_evaluate_cli_on_checkpoint(tmp_path):
     from equiseg_ros.config import ModelConfig, to_dict
     from equiseg_ros.data.synthetic import generate
     from equiseg_ros.models.build import build_model
-    if str(ROOT) not in sys.path:  # `training` is not an installed package
-        sys.path.insert(0, str(ROOT))
     from training.evaluate import main
 
     generate(tmp_path / "syn", frames=2, size=64, splits=(("val", 1.0),))
@@ -113,8 +110,6 @@ def test_evaluate_cli_on_checkpoint(tmp_path):
 
 def test_evaluate_cli_on_exported_onnx(tmp_path):
     pytest.importorskip("onnxruntime")
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
     from equiseg_ros.data.synthetic import generate
     from equiseg_ros.inference._toy import ToyModel
     from training.evaluate import main

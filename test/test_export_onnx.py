@@ -1,6 +1,5 @@
 """ONNX export: the deployed graph, spec and checkpoint hash in metadata, parity gate, every model of the project."""
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +10,6 @@ import torch
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `training` is not an installed package
-    sys.path.insert(0, str(ROOT))
 
 from equiseg_ros.checkpoint import save_checkpoint  # noqa: E402
 from equiseg_ros.config import ModelConfig, to_dict  # noqa: E402

@@ -12,8 +12,6 @@ import torch
 from onnx import TensorProto, helper
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 from equiseg_ros.checkpoint import save_checkpoint  # noqa: E402
 from equiseg_ros.config import ModelConfig, to_dict  # noqa: E402

@@ -16,8 +16,6 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 from equiseg_ros.inference import build_engine  # noqa: E402
 from equiseg_ros.inference._cuda import CudaRuntime, NoCudaDevice, cuda_device  # noqa: E402

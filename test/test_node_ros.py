@@ -19,11 +19,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+import ros_helpers as rh
 
 from equiseg_ros.spec import synthetic_spec
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import ros_helpers as rh  # noqa: E402
 
 pytestmark = pytest.mark.ros
 

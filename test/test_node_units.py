@@ -262,9 +262,6 @@ def test_events_as_pointcloud_become_the_training_event_frame():
 # ---- FramePipeline: the node's message path without DDS ---------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_onnx(tmp_path_factory) -> Path:
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from ros_helpers import export_tiny
 
     return export_tiny(tmp_path_factory.mktemp("pipeline") / "tiny32.onnx", 32)
