@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup test lint demo clean help
+.PHONY: setup test lint emulator demo clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/:/'
@@ -24,7 +24,12 @@ setup: $(STAMP)  ## create .venv with the pinned dependencies (once; reused afte
 lint: $(STAMP)  ## ruff over the whole tree
 	$(VENV)/bin/ruff check .
 
-test: $(STAMP) lint  ## lint, then the whole test suite
+emulator:  ## qemu-user (Debian), so the INT8 test also runs on an emulated AVX2-only CPU; installed when root
+	@command -v qemu-x86_64 >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && apt-get update -qq && apt-get install -y -qq qemu-user >/dev/null; } \
+	  || echo "note: qemu-user is not installed (as root: apt-get install qemu-user); the AVX2-only INT8 test is skipped"
+
+test: $(STAMP) lint emulator  ## lint, then the whole test suite
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: $(STAMP)  ## the main job on the embedded synthetic data (see README)

@@ -142,6 +142,12 @@ def _toposort(nodes: list[Any], available: set[str]) -> list[Any]:
 
 # ---- INT8 by explicit quantization (Q/DQ), the route strongly typed TensorRT accepts ---------------------
 
+QDQ_OPS = ("Conv", "MatMul", "Gemm")
+QDQ_WEIGHT_LIMIT = 64  # 7-bit symmetric weights: no int16 saturation in u8×s8 pairs (see quantize_qdq)
+# Names what quantize_qdq does; an engine cache key that includes it goes stale when the recipe changes.
+QDQ_RECIPE = "qdq2:" + ",".join(QDQ_OPS) + ":act=int8-sym,w=int7-sym-per-channel,bias=float"
+
+
 def calibration_files(folder: str | Path) -> list[Path]:
     """The ``*.npz`` frames of a calibration folder: ``x`` [M,3,H,W] or [B,M,3,H,W] normalised, opt. ``present``."""
     folder = Path(folder)
@@ -161,9 +167,23 @@ def calibration_sha256(files: list[Path]) -> str:
 
 
 def quantize_qdq(onnx_path: str | Path, calib_dir: str | Path, out_path: str | Path,
-                 ops: tuple[str, ...] = ("Conv", "MatMul", "Gemm")) -> Path:
-    """Insert symmetric INT8 Q/DQ pairs before ``ops`` with scales calibrated on real frames (ONNX Runtime's
-    static quantizer); TensorRT 10/11 builds the result strongly typed without any calibrator API."""
+                 ops: tuple[str, ...] = QDQ_OPS) -> Path:
+    """Insert INT8 Q/DQ pairs before ``ops`` with scales calibrated on real frames (ONNX Runtime's static
+    quantizer); TensorRT 10/11 builds the result strongly typed without any calibrator API.
+
+    The options are chosen so that every x86-64 CPU computes the same integers and TensorRT can parse the graph:
+
+    - *7-bit weights* (``reduce_range``, per output channel, symmetric: values in [-64, 64]). Without VNNI,
+      ONNX Runtime's x86 kernels multiply activations as uint8 (0..255) by int8 weights with VPMADDUBSW, which
+      adds two products into a saturating int16: 2·255·127 = 64770 overflows, 2·255·64 = 32640 does not. With
+      8-bit weights an AVX2-only CPU disagreed with the fp32 model on 11 % of the pixels where a VNNI CPU
+      disagreed on 2 % (notes/issue-13.md); with 7-bit weights both give the same labels.
+    - *Symmetric INT8 activations* (zero point 0), the only activation quantization TensorRT's explicit
+      INT8 takes.
+    - *Float biases* (``QuantizeBias`` off): a quantized bias is an INT32 DequantizeLinear, which onnx-tensorrt
+      10 rejects (it dequantizes INT8/FP8/INT4 only); TensorRT fuses the float bias into the INT8 conv itself.
+    - Only the GEMM-like ops are quantized; normalisation, softmax, resize and the deployed head stay float.
+    """
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     files = calibration_files(calib_dir)
@@ -190,6 +210,6 @@ def quantize_qdq(onnx_path: str | Path, calib_dir: str | Path, out_path: str | P
 
     quantize_static(str(onnx_path), str(out_path), Reader(), quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
-                    op_types_to_quantize=list(ops),
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+                    reduce_range=True, op_types_to_quantize=list(ops),
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
     return Path(out_path)
