@@ -53,18 +53,6 @@ NODE_NAME = "perception_node"
 
 
 @dataclass
-class Decoded:
-    """A decoded sensor message waiting in the synchroniser: numpy data plus what the outputs need."""
-
-    modality: str
-    kind: str  # image | compressed | pointcloud2
-    data: np.ndarray
-    encoding: str
-    header: Any
-    nbytes: int
-
-
-@dataclass
 class _Frame:
     """What the worker gets: the synchronised frame and when it was handed over."""
 

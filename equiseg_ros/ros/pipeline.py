@@ -25,7 +25,6 @@ from typing import Any, Mapping
 import numpy as np
 
 from equiseg_ros.ros import codecs
-from equiseg_ros.ros.node import Decoded
 from equiseg_ros.ros.params import PARAMS, check_all, modality_params
 from equiseg_ros.ros.sync import SyncedFrame, Synchronizer
 from equiseg_ros.sensors.frontend import EVENT_POLARITY_FIELDS, EVENT_TIME_FIELDS, SensorFrontend, health_kind
@@ -34,6 +33,21 @@ from equiseg_ros.sensors.transforms_tf import extrinsic_from_param
 
 MIRRORS = "equiseg_ros/ros/node.py PerceptionNode._poll/_process (the node's timer and worker; on_sensor is shared)"
 POLL_PERIOD = 0.01  # the node's poll timer (s)
+
+
+@dataclass
+class Decoded:
+    """A decoded sensor message waiting in the synchroniser: numpy data plus what the outputs need.
+
+    Defined here, below the node (which imports this module), so the node and the offline evaluation share it
+    without an import circle."""
+
+    modality: str
+    kind: str  # image | compressed | pointcloud2
+    data: np.ndarray
+    encoding: str
+    header: Any
+    nbytes: int
 
 
 @dataclass
