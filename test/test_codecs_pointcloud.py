@@ -52,32 +52,200 @@ def _points(n: int = 50, seed: int = 0) -> np.ndarray:
     return p
 
 
-def _flat_names(p: np.ndarray) -> dict[str, np.ndarray]:
-    out = {}
-    for n in p.dtype.names:
-        v = p[n]
-        if v.ndim == 2:
-            for j in range(v.shape[1]):
-                out[f"{n}_{j}"] = v[:, j]
-        else:
-            out[n] = v
-    return out
+# A driver-style layout: x y z float32, 4 padding bytes, intensity float32, ring uint16, 2 padding bytes,
+# normal float32 count 3, 4 padding bytes at the end of each 40-byte point.
+LAYOUT = [("x", 0, 7, 1), ("y", 4, 7, 1), ("z", 8, 7, 1), ("intensity", 16, 7, 1), ("ring", 20, 4, 1),
+          ("normal", 24, 7, 3)]
+PADDING = [12, 13, 14, 15, 22, 23, 36, 37, 38, 39]
+
+
+def _family(family: str):
+    if family == "rclpy":
+        return sensor_msgs.PointCloud2, sensor_msgs.PointField
+    return _rb_cloud, T["sensor_msgs/msg/PointField"]
+
+
+def _message(family: str, layout, data: np.ndarray, h: int, w: int, point_step: int, row_step: int,
+             big: bool = False):
+    """A PointCloud2 of ``family`` built field by field, as a driver would (not through the encoder)."""
+    cloud_cls, pf = _family(family)
+    msg = cloud_cls()
+    msg.fields = [pf(name=n, offset=o, datatype=d, count=c) for n, o, d, c in layout]
+    msg.height, msg.width, msg.point_step, msg.row_step = h, w, point_step, row_step
+    msg.is_bigendian, msg.is_dense = big, False
+    msg.data = data.tobytes() if family == "rclpy" else data.copy()
+    return msg
+
+
+def _signature(msg) -> tuple:
+    return ([(f.name, f.offset, f.datatype, f.count) for f in msg.fields],
+            (msg.height, msg.width, msg.point_step, msg.row_step, bool(msg.is_bigendian)))
+
+
+def _driver_bytes(n: int, big: bool = False, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Raw bytes of ``n`` LAYOUT points with recognisable padding (0xA5), and the values written into them."""
+    o = ">" if big else "<"
+    dt = np.dtype({"names": ["x", "y", "z", "intensity", "ring", "normal"],
+                   "formats": [o + "f4"] * 4 + [o + "u2", (o + "f4", (3,))],
+                   "offsets": [0, 4, 8, 16, 20, 24], "itemsize": 40})
+    raw = np.full(n * 40, 0xA5, np.uint8)
+    vals = raw.view(dt)
+    rng = np.random.default_rng(seed)
+    for k in ("x", "y", "z", "intensity"):
+        vals[k] = rng.normal(size=n)
+    vals["ring"] = rng.integers(0, 64, n)
+    vals["normal"] = rng.normal(size=(n, 3))
+    return raw, vals.astype(vals.dtype.newbyteorder("="))
 
 
 @pytest.mark.parametrize("family", ["rclpy", "rosbags"])
-def test_pointcloud_round_trip_with_padding_count_and_nans(family: str) -> None:
+def test_decode_encode_round_trip_keeps_pointfields_and_bytes(family: str) -> None:
+    raw, vals = _driver_bytes(30)
+    msg = _message(family, LAYOUT, raw, 1, 30, 40, 1200)
+    out = pointcloud2_to_array(msg, "/points")
+    assert out["normal"].shape == (30, 3)  # count 3 -> one sub-array field, not normal_0..normal_2
+    np.testing.assert_array_equal(out["normal"], vals["normal"])
+    np.testing.assert_array_equal(out["ring"], vals["ring"])
+    cloud_cls, pf = _family(family)
+    back = fill_pointcloud2(cloud_cls(), out, pf)
+    assert _signature(back) == _signature(msg)
+    assert bytes(back.data) == raw.tobytes()  # padding bytes too
+    assert back.is_dense is True
+    # sensor_msgs_py's naming on request: the same bytes as scalar fields normal_0..normal_2
+    split = pointcloud2_to_array(msg, "/points", split_counts=True)
+    assert [n for n in split.dtype.names if n.startswith("normal")] == ["normal_0", "normal_1", "normal_2"]
+    for j in range(3):
+        np.testing.assert_array_equal(split[f"normal_{j}"], vals["normal"][:, j])
+
+
+@pytest.mark.parametrize("family", ["rclpy", "rosbags"])
+def test_count_fields_of_every_width_round_trip(family: str) -> None:
+    """uint8 count 4 (rgba), float64 count 2, int16 count 3 and a nameless field, packed without padding."""
+    layout = [("x", 0, 7, 1), ("y", 4, 7, 1), ("z", 8, 7, 1), ("rgba", 12, 2, 4), ("uv", 16, 8, 2),
+              ("q", 32, 3, 3), ("", 38, 1, 1)]
+    n = 7
+    raw = np.random.default_rng(1).integers(0, 256, n * 39, dtype=np.uint8)
+    for k in range(n):  # finite floats where floats are
+        raw[k * 39: k * 39 + 12] = np.arange(3, dtype="<f4").view(np.uint8)
+        raw[k * 39 + 16: k * 39 + 32] = np.array([k, -k], "<f8").view(np.uint8)
+    msg = _message(family, layout, raw, 1, n, 39, n * 39)
+    out = pointcloud2_to_array(msg, "/points")
+    assert out["rgba"].shape == (n, 4) and out["uv"].shape == (n, 2) and out["q"].shape == (n, 3)
+    np.testing.assert_array_equal(out["uv"][:, 1], -np.arange(n))
+    assert "unnamed_field_6" in out.dtype.names
+    back = array_to_pointcloud2_fields(out)
+    got = [(d["name"], d["offset"], d["datatype"], d["count"]) for d in back["fields"]]
+    assert got == [(name or "unnamed_field_6", o, d, c) for name, o, d, c in layout]
+    assert bytes(back["data"]) == raw.tobytes() and back["point_step"] == 39 and back["is_dense"] is True
+
+
+@pytest.mark.parametrize("family", ["rclpy", "rosbags"])
+def test_organized_round_trip_with_row_padding_keeps_height_width_and_point_padding(family: str) -> None:
+    H, W, pad = 3, 5, 12
+    raw, vals = _driver_bytes(H * W, seed=2)
+    rows = np.concatenate([raw.reshape(H, W * 40), np.full((H, pad), 0xEE, np.uint8)], axis=1).reshape(-1)
+    msg = _message(family, LAYOUT, rows, H, W, 40, W * 40 + pad)
+    org = pointcloud2_to_array(msg, "/os/points", organized=True)
+    assert org.shape == (H, W)  # (height, width): not sensor_msgs_py's (width, height)
+    np.testing.assert_array_equal(org["intensity"], vals["intensity"].reshape(H, W))
+    np.testing.assert_array_equal(org["normal"][2, 4], vals["normal"][2 * W + 4])
+    cloud_cls, pf = _family(family)
+    back = fill_pointcloud2(cloud_cls(), org, pf)
+    assert _signature(back)[0] == _signature(msg)[0]
+    assert (back.height, back.width, back.point_step, back.row_step) == (H, W, 40, W * 40)  # row padding dropped
+    assert bytes(back.data) == raw.tobytes()  # the padding inside each point survives the copy
+
+
+def test_organized_order_is_height_width_like_an_image() -> None:
+    H, W = 2, 3
+    grid = np.zeros((H, W), [("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("idx", "<u4")])
+    grid["idx"] = np.arange(H * W).reshape(H, W)
+    msg = fill_pointcloud2(sensor_msgs.PointCloud2(), grid, sensor_msgs.PointField)
+    assert (msg.height, msg.width, msg.row_step) == (H, W, W * 16)
+    # row-major in the message: point r*W + c is row r, column c
+    assert np.frombuffer(bytes(msg.data), "<u4").reshape(-1, 4)[:, 3].tolist() == list(range(H * W))
+    org = pointcloud2_to_array(msg, organized=True)
+    assert org.shape == (H, W) and org["idx"][1, 0] == W
+
+
+@pytest.mark.parametrize("family", ["rclpy", "rosbags"])
+def test_big_endian_cloud_decodes_to_native_and_keeps_padding(family: str) -> None:
+    raw, vals = _driver_bytes(11, big=True, seed=4)
+    msg = _message(family, LAYOUT, raw, 1, 11, 40, 440, big=True)
+    out = pointcloud2_to_array(msg, "/points")
+    assert out.dtype["normal"].base.isnative and out.dtype["ring"].isnative
+    for k in ("x", "intensity", "ring", "normal"):
+        np.testing.assert_array_equal(out[k], vals[k])
+    assert (out.view(np.uint8).reshape(11, 40)[:, PADDING] == 0xA5).all()
+    cloud_cls, pf = _family(family)
+    back = fill_pointcloud2(cloud_cls(), out, pf)
+    assert _signature(back)[0] == _signature(msg)[0] and back.is_bigendian is False
+    np.testing.assert_array_equal(pointcloud2_to_array(back)["normal"], vals["normal"])
+    # a big-endian array is written big-endian: the same value bytes as the driver's
+    be = out.astype(out.dtype.newbyteorder(">"))
+    f = array_to_pointcloud2_fields(be)
+    assert f["is_bigendian"] is True
+    fields_only = [b for b in range(40) if b not in PADDING]
+    np.testing.assert_array_equal(f["data"].reshape(11, 40)[:, fields_only], raw.reshape(11, 40)[:, fields_only])
+
+
+def test_encoder_rejects_mixed_byte_orders_and_3d_arrays() -> None:
+    mixed = np.zeros(2, [("x", ">f4"), ("y", "<f4"), ("z", "<f4")])
+    with pytest.raises(DecodeError, match="mix big- and little-endian"):
+        array_to_pointcloud2_fields(mixed)
+    with pytest.raises(DecodeError, match="shape"):
+        array_to_pointcloud2_fields(np.zeros((2, 2, 2), [("x", "<f4")]))
+
+
+@pytest.mark.parametrize("family", ["rclpy", "rosbags"])
+@pytest.mark.parametrize("field,index,value,dense", [
+    (None, None, None, True),
+    ("x", 3, np.nan, False),
+    ("intensity", 5, np.nan, False),  # not x/y/z: sensor_msgs_py's skip_nans must still see it
+    ("normal", (6, 1), np.inf, False),
+    ("ring", 2, 7, True),
+])
+def test_is_dense_looks_at_every_float_field(family: str, field, index, value, dense: bool) -> None:
+    _, vals = _driver_bytes(10, seed=5)
+    if field is not None:
+        vals[field][index] = value
+    cloud_cls, pf = _family(family)
+    msg = fill_pointcloud2(cloud_cls(), vals, pf)
+    assert msg.is_dense is dense
+    out = pointcloud2_to_array(msg, "/points")
+    floats = np.concatenate([out[n].reshape(10, -1) for n in ("x", "y", "z", "intensity", "normal")], axis=1)
+    assert dense == bool(np.isfinite(floats).all())
+
+
+@pytest.mark.parametrize("family", ["rclpy", "rosbags"])
+def test_cloud_without_xyz_round_trips_and_is_dense_from_its_floats(family: str) -> None:
+    ev = np.zeros(6, [("x", "<u2"), ("y", "<u2"), ("t", "<f8"), ("polarity", "i1")])
+    ev["x"], ev["y"], ev["t"], ev["polarity"] = np.arange(6), 5 - np.arange(6), np.linspace(0, 1, 6), [1, -1] * 3
+    cloud_cls, pf = _family(family)
+    msg = fill_pointcloud2(cloud_cls(), ev, pf)
+    assert msg.is_dense is True
+    out = pointcloud2_to_array(msg, "/events", require=("x", "y", "t", "polarity"))
+    assert out.dtype == ev.dtype and np.array_equal(out, ev)
+    assert _signature(fill_pointcloud2(cloud_cls(), out, pf)) == _signature(msg)
+    ev["t"][4] = np.nan
+    assert fill_pointcloud2(cloud_cls(), ev, pf).is_dense is False
+    ints = np.zeros(3, [("x", "<u2"), ("y", "<u2")])
+    assert fill_pointcloud2(cloud_cls(), ints, pf).is_dense is True  # nothing can be NaN
+    assert array_to_pointcloud2_fields(ev[:0])["is_dense"] is True
+
+
+@pytest.mark.parametrize("family", ["rclpy", "rosbags"])
+def test_pointcloud_encode_decode_with_padding_count_and_nans(family: str) -> None:
     pts = _points()
-    msg, pf = ((sensor_msgs.PointCloud2(), sensor_msgs.PointField) if family == "rclpy"
-               else (_rb_cloud(), T["sensor_msgs/msg/PointField"]))
-    fill_pointcloud2(msg, pts, pf)
+    cloud_cls, pf = _family(family)
+    msg = fill_pointcloud2(cloud_cls(), pts, pf)
     assert msg.point_step == 40 and msg.width == 50 and msg.height == 1 and msg.is_dense is False
     normal = [f for f in msg.fields if f.name == "normal"][0]
     assert normal.count == 3 and normal.offset == 24 and normal.datatype == 7
     out = pointcloud2_to_array(msg, "/points")
-    expect = _flat_names(pts)
-    assert set(out.dtype.names) == set(expect)
-    for k, v in expect.items():
-        np.testing.assert_array_equal(out[k], v)
+    assert out.dtype.names == pts.dtype.names
+    for k in pts.dtype.names:
+        np.testing.assert_array_equal(out[k], pts[k])
     xyz, keep = xyz_finite(out, return_mask=True)
     assert xyz.shape == (48, 3) and xyz.dtype == np.float32 and not keep[3] and not keep[7]
     np.testing.assert_array_equal(xyz[:, 0], pts["x"][keep])
@@ -91,8 +259,9 @@ def test_pointcloud_zero_copy_and_cdr_round_trip() -> None:
     rc = deserialize_message(bytes(TS.serialize_cdr(rb, "sensor_msgs/msg/PointCloud2")), sensor_msgs.PointCloud2)
     out2 = pointcloud2_to_array(rc, "/points")
     np.testing.assert_array_equal(out2["ring"], pts["ring"])
+    assert _signature(fill_pointcloud2(sensor_msgs.PointCloud2(), out2, sensor_msgs.PointField)) == _signature(rb)
     back = TS.deserialize_cdr(serialize_message(rc), "sensor_msgs/msg/PointCloud2")
-    np.testing.assert_array_equal(pointcloud2_to_array(back)["normal_2"], pts["normal"][:, 2])
+    np.testing.assert_array_equal(pointcloud2_to_array(back)["normal"][:, 2], pts["normal"][:, 2])
 
 
 def test_organized_cloud_with_row_padding_and_big_endian() -> None:

@@ -25,8 +25,8 @@ import numpy as np
 __all__ = [
     "DecodeError", "IMAGE_ENCODINGS", "encoding_info", "image_to_numpy", "compressed_image_to_numpy",
     "numpy_to_image_fields", "fill_image", "POINTFIELD_DTYPES", "pointcloud2_dtype", "pointcloud2_to_array",
-    "xyz_finite", "array_to_pointcloud2_fields", "fill_pointcloud2", "camera_info_to_camera", "stamp_to_sec",
-    "to_rgb8", "decode_any", "header_fields",
+    "xyz_finite", "cloud_is_dense", "array_to_pointcloud2_fields", "fill_pointcloud2", "camera_info_to_camera",
+    "stamp_to_sec", "stamp_to_ns", "to_rgb8", "decode_any", "header_fields",
 ]
 
 
@@ -236,16 +236,31 @@ def fill_image(msg: Any, arr: np.ndarray, encoding: str, header: Any = None) -> 
 
 
 # ---- point clouds --------------------------------------------------------------------------------------------
+#
+# Layout conventions (the same for decoding and encoding, so a decode -> encode round trip is the identity):
+# - a PointField with ``count > 1`` is ONE numpy sub-array field of shape (count,) under the field's own name
+#   (``normal`` count 3 -> ``arr["normal"]`` of shape [N, 3]), and a sub-array field encodes back as ONE PointField
+#   with that count. sensor_msgs_py's ``dtype_from_fields`` splits it into ``normal_0..normal_2`` instead; ask for
+#   that with ``split_counts=True`` (such split fields then encode as separate scalar PointFields, as named).
+# - an organised cloud is an array of shape (height, width): row ``r`` is the cloud's row ``r``, like an image.
+#   sensor_msgs_py's ``read_points(reshape_organized_cloud=True)`` and ``create_cloud`` use (width, height)
+#   instead (ros2/common_interfaces#236): transpose when exchanging 2-D arrays with it.
 
 # sensor_msgs/PointField datatype constants -> numpy base type.
 POINTFIELD_DTYPES: dict[int, str] = {1: "i1", 2: "u1", 3: "i2", 4: "u2", 5: "i4", 6: "u4", 7: "f4", 8: "f8"}
 _DTYPE_TO_POINTFIELD = {np.dtype(v).str[1:]: k for k, v in POINTFIELD_DTYPES.items()}
 
 
-def pointcloud2_dtype(fields: Sequence[Any], point_step: int, big_endian: bool = False, topic: str = "") -> np.dtype:
-    """Structured dtype of one point (itemsize = point_step). ``count > 1`` fields become ``name_0..name_{n-1}``."""
+def pointcloud2_dtype(fields: Sequence[Any], point_step: int, big_endian: bool = False, topic: str = "",
+                      split_counts: bool = False) -> np.dtype:
+    """Structured dtype of one point (itemsize = point_step, so padding bytes stay part of each point).
+
+    A ``count > 1`` field is a sub-array field of shape (count,) under its own name (encodes back to one
+    PointField); ``split_counts=True`` gives sensor_msgs_py's scalar fields ``name_0..name_{count-1}`` instead.
+    A nameless field is called ``unnamed_field_<i>`` (sensor_msgs_py's rule). ``count == 0`` is read as 1.
+    """
     names: list[str] = []
-    formats: list[np.dtype] = []
+    formats: list[Any] = []
     offsets: list[int] = []
     order = ">" if big_endian else "<"
     for i, f in enumerate(fields):
@@ -261,25 +276,45 @@ def pointcloud2_dtype(fields: Sequence[Any], point_step: int, big_endian: bool =
         end = offset + base.itemsize * count
         if end > point_step:
             raise DecodeError(topic, f"point_step {point_step} too small: field {name!r} ends at byte {end}")
-        for j in range(count):
-            n = name if count == 1 else f"{name}_{j}"
+        if count == 1 or not split_counts:
+            parts = [(name, base if count == 1 else np.dtype((base, (count,))), offset)]
+        else:
+            parts = [(f"{name}_{j}", base, offset + j * base.itemsize) for j in range(count)]
+        for n, fmt, off in parts:
             if n in names:
                 raise DecodeError(topic, f"duplicate field name {n!r}")
             names.append(n)
-            formats.append(base)
-            offsets.append(offset + j * base.itemsize)
+            formats.append(fmt)
+            offsets.append(off)
     if not names:
         raise DecodeError(topic, "point cloud has no fields")
     return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": point_step})
 
 
-def pointcloud2_to_array(msg: Any, topic: str = "", require: Sequence[str] = ("x", "y", "z"),
-                         organized: bool = False) -> np.ndarray:
-    """sensor_msgs/PointCloud2 -> structured array [N] (or [H, W] with ``organized=True``), native byte order.
+def _to_native(grid: np.ndarray) -> np.ndarray:
+    """A native-byte-order copy of a structured array that keeps its padding bytes (numpy's astype/copy of a
+    structured array does not copy the bytes between fields, so round trips would lose them)."""
+    raw = np.ascontiguousarray(grid).view(np.uint8).copy() if grid.size else np.zeros(0, np.uint8)
+    foreign = raw.view(grid.dtype).reshape(grid.shape)
+    native = raw.view(grid.dtype.newbyteorder("=")).reshape(grid.shape)
+    for n in grid.dtype.names:
+        if grid.dtype.fields[n][0].base.itemsize > 1:
+            native[n] = foreign[n].copy()  # read with the old byte order, write in the native one
+    return native
 
-    Honours ``row_step`` padding (then the points are gathered into a copy), endianness and ``point_step`` padding
-    (zero-copy when rows are packed and the byte order is native). NaNs are kept: use :func:`xyz_finite`.
-    ``require`` names the fields that must exist (x, y, z for LiDAR; x, y, t, polarity for events).
+
+def pointcloud2_to_array(msg: Any, topic: str = "", require: Sequence[str] = ("x", "y", "z"),
+                         organized: bool = False, split_counts: bool = False) -> np.ndarray:
+    """sensor_msgs/PointCloud2 -> structured array [N] (or [height, width] with ``organized=True``), native order.
+
+    Organised clouds are (height, width) here, row-major like images; sensor_msgs_py's ``read_points`` reshapes
+    to (width, height) (ros2/common_interfaces#236). A ``count > 1`` PointField is one sub-array field of shape
+    (count,) under its own name (``split_counts=True``: sensor_msgs_py's ``name_0..`` scalars), so
+    :func:`fill_pointcloud2` gives back the same PointFields. Each point keeps ``point_step`` bytes, padding
+    included. Zero-copy when rows are packed (``row_step == width*point_step``) and the byte order is native;
+    ``row_step`` padding or a foreign byte order give a packed native copy (padding bytes inside points kept).
+    NaNs are kept: use :func:`xyz_finite`. ``require`` names fields that must exist (x, y, z for LiDAR; x, y, t,
+    polarity for events). The message's ``is_dense`` is not trusted.
     """
     h, w = _check_dims(msg, topic)
     point_step = int(getattr(msg, "point_step", 0))
@@ -287,7 +322,7 @@ def pointcloud2_to_array(msg: Any, topic: str = "", require: Sequence[str] = ("x
     if point_step <= 0:
         raise DecodeError(topic, f"point_step {point_step} must be > 0")
     big = bool(getattr(msg, "is_bigendian", False))
-    dtype = pointcloud2_dtype(list(getattr(msg, "fields", []) or []), point_step, big, topic)
+    dtype = pointcloud2_dtype(list(getattr(msg, "fields", []) or []), point_step, big, topic, split_counts)
     missing = [n for n in require if n not in dtype.names]
     if missing:
         raise DecodeError(topic, f"missing field(s) {missing}; cloud has {list(dtype.names)}")
@@ -296,17 +331,14 @@ def pointcloud2_to_array(msg: Any, topic: str = "", require: Sequence[str] = ("x
     buf = _as_byte_array(getattr(msg, "data", b""), topic)
     if buf.size != h * row_step:
         raise DecodeError(topic, f"len(data) = {buf.size} != height*row_step = {h}*{row_step} = {h * row_step}")
-    native = np.dtype({"names": dtype.names, "formats": [dtype.fields[n][0].newbyteorder("=") for n in dtype.names],
-                       "offsets": [dtype.fields[n][1] for n in dtype.names], "itemsize": point_step})
     if h * w == 0:
-        out = np.zeros((h, w) if organized else (0,), native)
-        return out
-    grid = np.ndarray((h, w), dtype=dtype, buffer=buf, strides=(row_step, point_step))
-    if big != _HOST_BIG and any(dtype.fields[n][0].itemsize > 1 for n in dtype.names):
-        grid = grid.astype(native)
-    if organized:
-        return grid
-    return grid.reshape(-1)  # a view when rows are packed, a copy otherwise
+        return np.zeros((h, w) if organized else (0,), dtype.newbyteorder("="))
+    if row_step != w * point_step:  # drop the row padding as raw bytes, so the bytes inside each point survive
+        buf = np.ascontiguousarray(buf.reshape(h, row_step)[:, : w * point_step]).reshape(-1)
+    grid = buf.view(dtype).reshape(h, w)
+    if big != _HOST_BIG and any(dtype.fields[n][0].base.itemsize > 1 for n in dtype.names):
+        grid = _to_native(grid)
+    return grid if organized else grid.reshape(-1)
 
 
 def xyz_finite(cloud: np.ndarray, return_mask: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
@@ -321,15 +353,41 @@ def xyz_finite(cloud: np.ndarray, return_mask: bool = False) -> np.ndarray | tup
     return (out, keep) if return_mask else out
 
 
+def cloud_is_dense(points: np.ndarray) -> bool:
+    """True when no float field of any point holds NaN or ±inf: the ``is_dense`` we write.
+
+    Every float field counts (a NaN intensity or normal makes the cloud non-dense, not only x/y/z), and so does a
+    cloud without x/y/z (events). Readers such as sensor_msgs_py's ``read_points(skip_nans=True)`` skip their NaN
+    filter when ``is_dense`` is true, so it must be true only when that filter would remove nothing. A cloud with no
+    float fields, or no points, is dense.
+    """
+    flat = points.reshape(-1)
+    for name in flat.dtype.names or ():
+        if flat.dtype.fields[name][0].base.kind == "f" and not np.isfinite(flat[name]).all():
+            return False
+    return True
+
+
 def array_to_pointcloud2_fields(points: np.ndarray) -> dict[str, Any]:
-    """PointCloud2 fields for a structured array (flat -> height 1; 2-D -> organized). Fields are plain dicts
-    (name, offset, datatype, count); :func:`fill_pointcloud2` turns them into the caller's PointField class."""
+    """PointCloud2 fields for a structured array; the inverse of :func:`pointcloud2_to_array`.
+
+    Shape [N] -> height 1, width N; shape [height, width] -> an organised cloud (this package's order; transpose
+    an array in sensor_msgs_py's (width, height) order first, ros2/common_interfaces#236). One PointField per
+    numpy field, in the dtype's order, at its offset: a sub-array field of shape (k,) becomes ONE PointField with
+    ``count`` k (so a decoded cloud re-encodes to the same PointFields); ``point_step`` is the dtype's itemsize, so
+    padding is kept. ``is_bigendian`` follows the fields' byte order (all multi-byte fields must agree).
+    ``is_dense`` is computed from ALL float fields (:func:`cloud_is_dense`), not from x/y/z only. ``fields`` are
+    plain dicts (name, offset, datatype, count); :func:`fill_pointcloud2` turns them into PointField objects.
+    """
+    where = "array_to_pointcloud2_fields"
     if points.dtype.names is None:
-        raise DecodeError("array_to_pointcloud2_fields", "expected a structured array with named fields")
+        raise DecodeError(where, "expected a structured array with named fields")
+    if points.ndim > 2:
+        raise DecodeError(where, f"expected [N] or [height, width] points, got shape {points.shape}")
     pts = np.ascontiguousarray(points)
     h, w = (pts.shape if pts.ndim == 2 else (1, pts.size))
     fields = []
-    big = False
+    orders: set[bool] = set()
     for name in pts.dtype.names:
         ft, off = pts.dtype.fields[name][:2]
         count = 1
@@ -337,20 +395,26 @@ def array_to_pointcloud2_fields(points: np.ndarray) -> dict[str, Any]:
             ft, shape = ft.subdtype
             count = int(np.prod(shape))
         key = ft.str[1:]
-        if key not in _DTYPE_TO_POINTFIELD:
-            raise DecodeError("array_to_pointcloud2_fields", f"field {name!r}: dtype {ft} has no PointField type")
-        big = big or ft.byteorder == ">" or (ft.byteorder == "=" and _HOST_BIG and ft.itemsize > 1)
+        if ft.names is not None or key not in _DTYPE_TO_POINTFIELD:
+            raise DecodeError(where, f"field {name!r}: dtype {ft} has no PointField type")
+        if ft.itemsize > 1:
+            orders.add(ft.byteorder == ">" or (ft.byteorder == "=" and _HOST_BIG))
         fields.append({"name": name, "offset": int(off), "datatype": _DTYPE_TO_POINTFIELD[key], "count": count})
+    if len(orders) > 1:
+        raise DecodeError(where, "fields mix big- and little-endian byte orders; PointCloud2 has one is_bigendian")
     step = pts.dtype.itemsize
-    xyz = all(n in pts.dtype.names for n in ("x", "y", "z"))
-    dense = bool(xyz_finite(pts, return_mask=True)[1].all()) if xyz and pts.size else True
-    return {"height": int(h), "width": int(w), "fields": fields, "is_bigendian": bool(big), "point_step": int(step),
-            "row_step": int(step * w), "data": pts.reshape(-1).view(np.uint8), "is_dense": dense}
+    return {"height": int(h), "width": int(w), "fields": fields, "is_bigendian": bool(orders and orders.pop()),
+            "point_step": int(step), "row_step": int(step * w), "data": pts.reshape(-1).view(np.uint8),
+            "is_dense": cloud_is_dense(pts)}
 
 
 def fill_pointcloud2(msg: Any, points: np.ndarray, point_field_type: Any, header: Any = None) -> Any:
-    """Fill an (rclpy or rosbags) PointCloud2 from a structured array. ``point_field_type`` is the PointField class
-    of the same family (rclpy ``sensor_msgs.msg.PointField`` or ``typestore.types['sensor_msgs/msg/PointField']``)."""
+    """Fill an (rclpy or rosbags) PointCloud2 from a structured array; returns ``msg``.
+
+    ``point_field_type`` is the PointField class of the same family (rclpy ``sensor_msgs.msg.PointField`` or
+    ``typestore.types['sensor_msgs/msg/PointField']``). Layout rules are :func:`array_to_pointcloud2_fields`':
+    [N] or (height, width) arrays, sub-array fields -> ``count > 1``, ``is_dense`` from all float fields.
+    """
     f = array_to_pointcloud2_fields(points)
     msg.fields = [point_field_type(name=d["name"], offset=d["offset"], datatype=d["datatype"], count=d["count"])
                   for d in f["fields"]]
