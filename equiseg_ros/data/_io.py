@@ -6,6 +6,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from equiseg_ros.sensors.resize import resize  # noqa: F401  (the readers' import path; the rule lives in sensors)
+
 cv2.setNumThreads(1)  # dataloader workers each run one thread; OpenCV's own pool would oversubscribe the cores
 
 
@@ -53,13 +55,3 @@ def to_rgb3(img: np.ndarray, what: str) -> np.ndarray:
         return np.ascontiguousarray(img[..., :3])
     raise ValueError(f"{what}: unsupported channel count {img.shape[2]}")
 
-
-def resize(img: np.ndarray, height: int, width: int, nearest: bool) -> np.ndarray:
-    """Resize [H, W(, C)] with bilinear or nearest interpolation (OpenCV, half-pixel centres)."""
-    if img.shape[0] == height and img.shape[1] == width:
-        return img
-    interp = cv2.INTER_NEAREST_EXACT if nearest else cv2.INTER_LINEAR
-    out = cv2.resize(img, (int(width), int(height)), interpolation=interp)
-    if img.ndim == 3 and out.ndim == 2:
-        out = out[..., None]
-    return out

@@ -18,7 +18,8 @@ the work is done on numpy/OpenCV either way.
 
 Interpolation: dense representations (RGB, HHA, depth8) resize bilinearly; sparse ones (event frames, projected
 LiDAR/radar) resize NEAREST so counts and ranges are never averaged with empty pixels (the reference resizes all
-bilinearly; the node uses ``resize_modality`` too, so training and vehicle agree).
+bilinearly). The rule is ``equiseg_ros.sensors.resize.resize_modality`` (re-exported here): the node's sensor front
+end uses the same function, so training and vehicle agree.
 """
 from __future__ import annotations
 
@@ -28,20 +29,13 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from equiseg_ros.data._io import resize
+from equiseg_ros.sensors.resize import SPARSE_REPRESENTATIONS, is_sparse, resize, resize_modality
 from equiseg_ros.spec import ModelSpec
 
-SPARSE_REPRESENTATIONS = {"event_frame", "lidar_image", "lidar_rih", "radar_rih"}
+__all__ = ["SPARSE_REPRESENTATIONS", "Sample", "TrainTransform", "Transform", "ValTransform", "color_jitter",
+           "is_sparse", "random_resized_crop", "resize_modality"]
+
 Sample = tuple[dict[str, np.ndarray], np.ndarray]
-
-
-def is_sparse(representation: str) -> bool:
-    return representation in SPARSE_REPRESENTATIONS
-
-
-def resize_modality(image: np.ndarray, representation: str, height: int, width: int) -> np.ndarray:
-    """Resize a modality image with the interpolation its representation needs (see the module docstring)."""
-    return resize(image, height, width, nearest=is_sparse(representation))
 
 
 def _representations(spec: ModelSpec, images: dict[str, np.ndarray]) -> dict[str, str]:

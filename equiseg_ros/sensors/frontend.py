@@ -3,8 +3,8 @@
 ``SensorFrontend`` turns what the codecs decode (image arrays with their encoding, PointCloud2 structured arrays)
 into each spec modality's representation with the functions that prepared the training data
 (``sensors.depth``, ``sensors.lidar``, ``sensors.events``), at the sensor's native resolution, then resizes to the
-model input with the training pipeline's rule (``data.transforms.resize_modality``: bilinear for dense, nearest for
-sparse representations). ``assemble`` stacks and normalises them into the model contract of DESIGN.md:
+model input with the training pipeline's rule (``sensors.resize.resize_modality``: bilinear for dense, nearest
+for sparse representations). ``assemble`` stacks and normalises them into the model contract of DESIGN.md:
 ``x float32 [1, M, 3, H, W]`` and ``present bool [1, M]``, a missing or unconvertible modality zero-filled and absent.
 
 What each representation accepts:
@@ -33,6 +33,7 @@ from equiseg_ros.sensors.events import events_to_frame
 from equiseg_ros.sensors.geometry import CameraModel, as_matrix
 from equiseg_ros.sensors.lidar import ENCODINGS as POINT_REPRESENTATIONS
 from equiseg_ros.sensors.lidar import lidar_to_image, metric_rih_to_image
+from equiseg_ros.sensors.resize import resize_modality
 from equiseg_ros.spec import ModelSpec
 
 __all__ = ["EVENT_POLARITY_FIELDS", "EVENT_TIME_FIELDS", "ModalityOptions", "RepresentationError", "SensorFrontend",
@@ -160,8 +161,6 @@ class SensorFrontend:
     # ---- one modality ----------------------------------------------------------------------------------------
     def represent(self, modality: str, data: Any, encoding: str = "", stamp: float | None = None) -> np.ndarray:
         """Decoded data of ``modality`` -> uint8 [H, W, 3] in its representation at the model input size."""
-        from equiseg_ros.data.transforms import resize_modality  # the training pipeline's resize rule
-
         rep = self.spec.modality(modality).representation
         img = self._native(modality, rep, np.asarray(data), encoding, stamp)
         h, w = self.size
