@@ -245,8 +245,22 @@ class ModelConfig:
     fusion: typing.Literal["sqhub", "mean"] = "sqhub"  # EQUISeg ablation: Self-Query Hub or plain mean
     cross_attention: bool = True  # EQUISeg ablation: inject auxiliary features by cross-attention
     residual: bool = True  # EQUISeg ablation: residual add of the cross-attention output
+    # Compute exactly what a published checkpoint's source computed (set by `python -m equiseg_ros.models convert`):
+    # "deliver" = DELIVER's CMNeXt (scored auxiliary maps carried in place, their [B,C,H,W]->[B,H,W,C] buffer
+    # reinterpretation before adding x_f, presence ignored beyond zero-fill, MiT LayerNorm eps 1e-5 everywhere);
+    # "anyseg" / "ummss" = their M-SegFormer (official MiT eps split); "none" = the project's own semantics.
+    compat: typing.Literal["none", "deliver", "anyseg", "ummss"] = "none"
+    # MiT LayerNorm eps (patch embedding, attention spatial reduction, block norms, stage norms);
+    # None = the compat's source (deliver: all 1e-5) or the official MiT split (1e-5, 1e-5, 1e-6, 1e-6).
+    mit_eps: tuple[float, float, float, float] | None = None
 
     def check(self) -> None:
+        if self.mit_eps is not None and any(not e > 0 for e in self.mit_eps):
+            raise ValueError(f"mit_eps: every value must be > 0, got {list(self.mit_eps)}")
+        if self.compat == "deliver" and self.name != "cmnext":
+            raise ValueError(f"compat: 'deliver' is DELIVER's CMNeXt, not {self.name!r}")
+        if self.compat in ("anyseg", "ummss") and self.name != "m_segformer":
+            raise ValueError(f"compat: {self.compat!r} is an M-SegFormer, not {self.name!r}")
         if self.decoder_dim is not None and self.decoder_dim <= 0:
             raise ValueError(f"decoder_dim: must be positive, got {self.decoder_dim}")
         if not 0.0 <= self.drop_path < 1.0:

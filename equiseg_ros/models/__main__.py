@@ -1,4 +1,8 @@
-"""``python -m equiseg_ros.models summary``: parameters and multiply-accumulates of a model, as one JSON line.
+"""``python -m equiseg_ros.models summary|convert``.
+
+``summary``: parameters and multiply-accumulates of a model, as one JSON line.
+``convert``: a published checkpoint (DELIVER CMNeXt, AnySeg / UMMSS M-SegFormer, NVlabs MiT/SegFormer, HuggingFace
+SegFormer) -> a project checkpoint that computes the source's function (see ``equiseg_ros.models.convert``).
 
 The model is built on the meta device (no memory, no weights), so B2 at 1024 px costs a few seconds. ``gflops`` is
 torch's FlopCounterMode (2 FLOPs per multiply-accumulate, attention included); ``gmacs`` is half of it, the
@@ -70,7 +74,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-cross-attention", action="store_true", help="EQUISeg ablation: no cross-attention")
     p.add_argument("--no-residual", action="store_true", help="EQUISeg ablation: no residual add")
     p.add_argument("--params-only", action="store_true", help="skip the multiply-accumulate count")
+    from equiseg_ros.models import convert
+
+    c = sub.add_parser("convert", help="published weights -> project checkpoint computing the source's function",
+                       description=convert.__doc__, epilog=convert.epilog(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    convert.add_arguments(c)
     args = parser.parse_args(argv)
+    if args.command == "convert":
+        return convert.run(args)
     if args.size <= 0 or args.size % 32:
         parser.error(f"--size: must be a positive multiple of 32, got {args.size}")
     try:

@@ -15,12 +15,13 @@ from torch import nn
 from equiseg_ros.config import ModelConfig
 from equiseg_ros.models._state import load_state_dict_checked
 from equiseg_ros.models.head import default_decoder_dim
-from equiseg_ros.models.mit import mit_config
+from equiseg_ros.models.mit import LN_EPS_ALL_1E5, LN_EPS_OFFICIAL, MixTransformer, mit_config
 from equiseg_ros.spec import ModelSpec
 
 ARCHITECTURES = ("segformer", "m_segformer", "equiseg", "cmnext")
 
-__all__ = ["ARCHITECTURES", "build_model", "load_state_dict_checked", "load_checked_checkpoint", "count_params"]
+__all__ = ["ARCHITECTURES", "build_model", "resolved_mit_eps", "load_state_dict_checked", "load_checked_checkpoint",
+           "count_params"]
 
 
 def build_model(cfg: ModelConfig, spec: ModelSpec) -> nn.Module:
@@ -43,12 +44,23 @@ def build_model(cfg: ModelConfig, spec: ModelSpec) -> nn.Module:
     elif cfg.name == "cmnext":
         from equiseg_ros.models.cmnext import CMNeXt
 
-        model = CMNeXt(spec, mit, dim, cfg.drop_path)
+        model = CMNeXt(spec, mit, dim, cfg.drop_path, compat=cfg.compat)
     else:
         raise ValueError(f"model.name: unknown architecture {cfg.name!r}; known: {list(ARCHITECTURES)}")
+    eps = resolved_mit_eps(cfg)
+    for enc in model.modules():
+        if isinstance(enc, MixTransformer):
+            enc.set_ln_eps(eps)
     if cfg.pretrained:
         model.load_pretrained_backbone(cfg.pretrained)
     return model
+
+
+def resolved_mit_eps(cfg: ModelConfig) -> tuple[float, float, float, float]:
+    """The MiT LayerNorm eps per family: ``cfg.mit_eps`` if set, else the compat source's, else the official split."""
+    if cfg.mit_eps is not None:
+        return tuple(float(e) for e in cfg.mit_eps)  # type: ignore[return-value]
+    return LN_EPS_ALL_1E5 if cfg.compat == "deliver" else LN_EPS_OFFICIAL
 
 
 def load_checked_checkpoint(model: nn.Module, ckpt: Mapping[str, Any]) -> None:

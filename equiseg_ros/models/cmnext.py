@@ -7,12 +7,21 @@ rectifies the RGB feature and x_f against each other; FFM fuses them into the ma
 continues from the rectified RGB feature; each auxiliary modality continues from its own map plus x_f. The head is
 SegFormer's with width 512 for B2+ (256 for B0/B1). The ImageNet MiT loads into the RGB branch only.
 
-Written from those facts, not from the reference code; we do not copy its quirk of reshaping a [B, C, H, W] map as
-[B, H, W, C] before adding x_f. With MiT-B2 and 25 classes: 58.73 M parameters for RGB-D-E-L and 25.79 M for RGB only,
+Written from those facts, not from the reference code. **Two carries** between stages (``compat``):
+
+- ``"none"`` (the project's semantics): each auxiliary modality continues from its raw patch-embedded map plus x_f.
+- ``"deliver"`` (DELIVER's published function, what its checkpoints and the papers' CMNeXt numbers come from): the
+  hub scores its input list in place, so with more than one auxiliary modality the maps carried on are the *scored*
+  s*x + x, and each is read as [B, H, W, C] out of its [B, C, H, W] buffer (a reinterpretation, not a transpose)
+  before x_f is added; with one auxiliary modality the next stage gets x_f alone. The reference has no notion of a
+  missing sensor, so ``present`` only zero-fills (deployed output = benchmark output, never worse). MiT LayerNorm
+  eps are 1e-5 everywhere there (set by build_model from ModelConfig).
+
+With MiT-B2 and 25 classes: 58.73 M parameters for RGB-D-E-L and 25.79 M for RGB only,
 as the reference (see test_models_counts).
 
-**Presence.** The first modality is the RGB branch (zeroed when absent). Absent auxiliary modalities are masked out of
-the hub's max; with no auxiliary modality present, x_f is zero, so FRM leaves RGB unchanged.
+**Presence** (compat "none"). The first modality is the RGB branch (zeroed when absent). Absent auxiliary modalities
+are masked out of the hub's max; with no auxiliary modality present, x_f is zero, so FRM leaves RGB unchanged.
 """
 from __future__ import annotations
 
@@ -45,8 +54,12 @@ class PatchEmbedParallel(nn.Module):
 class CMNeXt(SegModel):
     arch = "cmnext"
 
-    def __init__(self, spec: ModelSpec, mit: MiTConfig, decoder_dim: int = 512, drop_path: float = 0.1) -> None:
+    def __init__(self, spec: ModelSpec, mit: MiTConfig, decoder_dim: int = 512, drop_path: float = 0.1,
+                 compat: str = "none") -> None:
         super().__init__(spec)
+        if compat not in ("none", "deliver"):
+            raise ValueError(f"cmnext: compat must be 'none' or 'deliver', got {compat!r}")
+        self.compat = compat
         dims = mit.embed_dims
         self.num_aux = self.num_modalities - 1
         self.encoder = MixTransformer(mit, drop_path=drop_path)
@@ -69,6 +82,8 @@ class CMNeXt(SegModel):
         m = self.num_modalities
         present = self.as_bool(present[:, :m])
         x = self.zero_absent(x[:, :m], present)
+        if self.compat == "deliver":  # the reference sees only the zero-filled tensors
+            present = torch.ones_like(present)
         x_cam = x[:, 0]
         x_ext = [x[:, 1 + i] for i in range(self.num_aux)]
         aux_mask = present[:, 1:]
@@ -85,16 +100,32 @@ class CMNeXt(SegModel):
             x_ext = self.extra_downsample_layers[s](x_ext)
             for i, e in enumerate(x_ext):
                 modal[1 + i].append(e)
+            scored = None
             if self.extra_score_predictor is not None:
-                x_f = SelfQueryHub.fuse(self.extra_score_predictor[s].score(x_ext), aux_mask)
+                scored = self.extra_score_predictor[s].score(x_ext)
+                x_f = SelfQueryHub.fuse(scored, aux_mask)
             else:
                 x_f = x_ext[0]
             x_f = self.extra_ppx[s](x_f) * has_aux
             f_cam, x_f = self.frms[s](f_cam, x_f)
             outs.append(self.ffms[s](f_cam, x_f))
             x_cam = f_cam
-            x_ext = [e + x_f for e in x_ext]
+            if s == 3:
+                break
+            if self.compat != "deliver":
+                x_ext = [e + x_f for e in x_ext]
+            elif scored is None:
+                x_ext = [x_f]
+            else:
+                x_ext = [_as_bhwc(scored[:, i]) + x_f for i in range(self.num_aux)]
         logits = self.head(outs)
         if return_features:
             return {"logits": logits, "modal_features": modal, "fused_features": outs}
         return logits
+
+
+def _as_bhwc(t: torch.Tensor) -> torch.Tensor:
+    """DELIVER's carry quirk: a [B, C, H, W] map's elements, in logical (row-major) order, read as [B, H, W, C] and
+    permuted back to [B, C, H, W] (``reshape`` follows the logical order whatever the memory format)."""
+    b, c, h, w = t.shape
+    return t.reshape(b, h, w, c).permute(0, 3, 1, 2)

@@ -5,6 +5,11 @@ Names follow the official ImageNet checkpoints ``mit_b*.pth`` (``patch_embed{i}`
 SegFormer state dicts are converted to these names by :func:`hf_to_official` (``attention.self.key``/``value`` are
 concatenated into ``attn.kv``).
 
+LayerNorm eps per layer family (:data:`LN_EPS_FAMILIES`): the official MiT uses 1e-5 in the patch embedding and in
+attention's spatial-reduction norm (plain ``nn.LayerNorm``) and 1e-6 in the block and stage norms; DELIVER's CMNeXt
+and HuggingFace use 1e-5 everywhere. The default is the official split; :meth:`MixTransformer.set_ln_eps` sets what
+a converted checkpoint's source computed with (``ModelConfig.mit_eps``).
+
 Export notes: attention uses ``F.scaled_dot_product_attention`` (exports with the legacy ONNX exporter, fast in eager);
 no adaptive pooling; every reshape takes its sizes from the traced tensor shapes so H and W stay dynamic in ONNX.
 """
@@ -38,6 +43,11 @@ MIT_CONFIGS: dict[str, MiTConfig] = {
     "mit_b4": MiTConfig((64, 128, 320, 512), (3, 8, 27, 3)),
     "mit_b5": MiTConfig((64, 128, 320, 512), (3, 6, 40, 3)),
 }
+
+# LayerNorm eps per family: (patch embedding, attention spatial reduction, block norm1/norm2, stage norm{i}).
+LN_EPS_FAMILIES = ("patch_embed", "sr", "block", "stage")
+LN_EPS_OFFICIAL: tuple[float, float, float, float] = (1e-5, 1e-5, 1e-6, 1e-6)
+LN_EPS_ALL_1E5: tuple[float, float, float, float] = (1e-5, 1e-5, 1e-5, 1e-5)
 
 # Patch embedding geometry per stage: (kernel, stride, padding).
 PATCH_GEOMETRY = ((7, 4, 3), (3, 2, 1), (3, 2, 1), (3, 2, 1))
@@ -95,7 +105,7 @@ class OverlapPatchEmbed(nn.Module):
     def __init__(self, in_chans: int, embed_dim: int, kernel: int, stride: int, padding: int) -> None:
         super().__init__()
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel, stride, padding)
-        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.norm = nn.LayerNorm(embed_dim, eps=LN_EPS_OFFICIAL[0])
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
         x = self.proj(x)
@@ -117,7 +127,7 @@ class EfficientSelfAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         if sr_ratio > 1:
             self.sr = nn.Conv2d(dim, dim, sr_ratio, sr_ratio)
-            self.norm = nn.LayerNorm(dim, eps=1e-6)
+            self.norm = nn.LayerNorm(dim, eps=LN_EPS_OFFICIAL[1])
 
     def reduce(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """Tokens used for keys and values (spatially reduced when ``sr_ratio > 1``)."""
@@ -166,9 +176,9 @@ class Block(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: int, sr_ratio: int, drop_path: float) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm1 = nn.LayerNorm(dim, eps=LN_EPS_OFFICIAL[2])
         self.attn = EfficientSelfAttention(dim, num_heads, sr_ratio)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm2 = nn.LayerNorm(dim, eps=LN_EPS_OFFICIAL[2])
         self.mlp = MixFFN(dim, dim * mlp_ratio)
         self.drop_path = DropPath(drop_path)
 
@@ -196,13 +206,34 @@ class MixTransformer(nn.Module):
             setattr(self, f"block{s + 1}", nn.ModuleList(
                 Block(cfg.embed_dims[s], cfg.num_heads[s], cfg.mlp_ratio, cfg.sr_ratios[s], dpr[s][j])
                 for j in range(cfg.depths[s])))
-            setattr(self, f"norm{s + 1}", nn.LayerNorm(cfg.embed_dims[s], eps=1e-6))
+            setattr(self, f"norm{s + 1}", nn.LayerNorm(cfg.embed_dims[s], eps=LN_EPS_OFFICIAL[3]))
         self.apply(_init_weights)
         for s in range(4):
             # A zero patch-embedding bias maps an all-zero patch (empty LiDAR/event area, a dropped modality) to an
             # exactly-zero token; LayerNorm then scales its gradient by 1/sqrt(eps) = 1000 per norm, compounding to
             # inf through the stages. A small random bias (as pretrained weights have) keeps such tokens non-constant.
             nn.init.normal_(getattr(self, f"patch_embed{s + 1}").proj.bias, 0.0, 0.1)
+
+    def ln_eps(self) -> tuple[float, float, float, float]:
+        """The eps of each LayerNorm family (:data:`LN_EPS_FAMILIES`), read from the first layer of each."""
+        blk = self.block1[0]
+        return (self.patch_embed1.norm.eps, blk.attn.norm.eps if blk.attn.sr_ratio > 1 else LN_EPS_OFFICIAL[1],
+                blk.norm1.eps, self.norm1.eps)
+
+    def set_ln_eps(self, eps: tuple[float, float, float, float] | list[float]) -> None:
+        """Set the LayerNorm eps per family (patch embedding, spatial reduction, block, stage): what the source of
+        a checkpoint computed with. Numerically visible on zero inputs (a missing modality), see ModelConfig."""
+        if len(eps) != 4 or any(not e > 0 for e in eps):
+            raise ValueError(f"mit_eps: need 4 positive values {LN_EPS_FAMILIES}, got {list(eps)}")
+        pe, sr, blk_eps, st = (float(e) for e in eps)
+        for s in range(1, 5):
+            getattr(self, f"patch_embed{s}").norm.eps = pe
+            getattr(self, f"norm{s}").eps = st
+            for blk in getattr(self, f"block{s}"):
+                blk.norm1.eps = blk_eps
+                blk.norm2.eps = blk_eps
+                if blk.attn.sr_ratio > 1:
+                    blk.attn.norm.eps = sr
 
     def forward_stage(self, s: int, x: torch.Tensor) -> torch.Tensor:
         """Stage ``s`` (0-based): map [B, C_in, H, W] -> map [B, C_s, H', W']."""
@@ -237,44 +268,63 @@ def _init_weights(m: nn.Module) -> None:
 
 # ---- checkpoints ----------------------------------------------------------------------------------------------
 
+# HuggingFace SegFormer names. Hub files (transformers 4.x, ``segformer.encoder.block.0.0...``) and the in-memory
+# names of transformers >= 5 (``segformer.stages.0.blocks.0...``, renamed on load by its conversion mapping) both
+# map here; ``segformer.`` is dropped first (``SegformerModel`` has no prefix).
 _HF_RULES: tuple[tuple[str, str], ...] = (
     (r"^encoder\.patch_embeddings\.(\d+)\.proj\.", "patch_embed{0}.proj."),
     (r"^encoder\.patch_embeddings\.(\d+)\.layer_norm\.", "patch_embed{0}.norm."),
     (r"^encoder\.layer_norm\.(\d+)\.", "norm{0}."),
+    (r"^stages\.(\d+)\.patch_embeddings\.proj\.", "patch_embed{0}.proj."),
+    (r"^stages\.(\d+)\.patch_embeddings\.layer_norm\.", "patch_embed{0}.norm."),
+    (r"^stages\.(\d+)\.layer_norm\.", "norm{0}."),
     (r"^decode_head\.linear_c\.(\d+)\.proj\.", "linear_c{0}.proj."),
+    (r"^decode_head\.linear_projections\.(\d+)\.proj\.", "linear_c{0}.proj."),
     (r"^decode_head\.linear_fuse\.", "linear_fuse.conv."),
     (r"^decode_head\.batch_norm\.", "linear_fuse.bn."),
     (r"^decode_head\.classifier\.", "linear_pred."),
 )
 _HF_BLOCK_PARTS: tuple[tuple[str, str], ...] = (
-    ("layer_norm_1.", "norm1."), ("layer_norm_2.", "norm2."),
+    ("layer_norm_1.", "norm1."), ("layer_norm_2.", "norm2."),  # transformers 4 / hub
     ("attention.self.query.", "attn.q."), ("attention.self.sr.", "attn.sr."),
     ("attention.self.layer_norm.", "attn.norm."), ("attention.output.dense.", "attn.proj."),
     ("mlp.dense1.", "mlp.fc1."), ("mlp.dense2.", "mlp.fc2."), ("mlp.dwconv.dwconv.", "mlp.dwconv.dwconv."),
+    ("layernorm_before.", "norm1."), ("layernorm_after.", "norm2."),  # transformers >= 5 in memory
+    ("attention.q_proj.", "attn.q."), ("attention.o_proj.", "attn.proj."),
+    ("attention.sequence_reduction.sequence_reduction.", "attn.sr."),
+    ("attention.sequence_reduction.layer_norm.", "attn.norm."),
+    ("mlp.fc1.", "mlp.fc1."), ("mlp.fc2.", "mlp.fc2."),
 )
+_HF_KV = r"^attention\.(?:self\.(key|value)|(k|v)_proj)\.(weight|bias)$"
 
 
 def is_hf_state_dict(sd: Mapping[str, torch.Tensor]) -> bool:
-    return any(k.startswith(("segformer.", "encoder.patch_embeddings", "decode_head.linear_c")) for k in sd)
+    return any(k.startswith(("segformer.", "encoder.patch_embeddings", "decode_head.linear_c", "stages.",
+                             "decode_head.linear_projections")) for k in sd)
 
 
-def hf_to_official(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename a HuggingFace SegFormer state dict (``SegformerForSemanticSegmentation`` or ``SegformerModel``) to
-    the official MiT / SegFormer-head names; key and value projections are concatenated into ``attn.kv``.
+def hf_to_official(sd: Mapping[str, torch.Tensor], drop: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    """Rename a HuggingFace SegFormer state dict (``SegformerForSemanticSegmentation`` or ``SegformerModel``; hub
+    names or the in-memory names of transformers >= 5) to the official MiT / SegFormer-head names; key and value
+    projections are concatenated into ``attn.kv``. Keys starting with a prefix in ``drop`` are skipped (e.g. the
+    image classifier ``classifier.``).
 
     Raises ValueError naming the first key it cannot map.
     """
     out: dict[str, torch.Tensor] = {}
     pending: dict[str, dict[str, torch.Tensor]] = {}
     for key, val in sd.items():
+        if key.startswith(drop):
+            continue
         k = key[len("segformer."):] if key.startswith("segformer.") else key
-        m = re.match(r"^encoder\.block\.(\d+)\.(\d+)\.(.*)$", k)
+        m = re.match(r"^(?:encoder\.block|stages)\.(\d+)\.(?:blocks\.)?(\d+)\.(.*)$", k)
         if m:
             prefix = f"block{int(m.group(1)) + 1}.{m.group(2)}."
             rest = m.group(3)
-            kv = re.match(r"^attention\.self\.(key|value)\.(weight|bias)$", rest)
+            kv = re.match(_HF_KV, rest)
             if kv:
-                pending.setdefault(prefix + "attn.kv." + kv.group(2), {})[kv.group(1)] = val
+                part = "key" if (kv.group(1) or kv.group(2)) in ("key", "k") else "value"
+                pending.setdefault(prefix + "attn.kv." + kv.group(3), {})[part] = val
                 continue
             for src, dst in _HF_BLOCK_PARTS:
                 if rest.startswith(src):
@@ -303,7 +353,7 @@ def encoder_state_dict(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor
     if "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
         sd = sd["state_dict"]
     if is_hf_state_dict(sd):
-        sd = hf_to_official(sd)
+        sd = hf_to_official(sd, drop=("classifier.",))  # SegformerForImageClassification's classifier
     head = ("head.", "linear_c", "linear_fuse.", "linear_pred.", "decode_head.")
     out = {}
     for k, v in sd.items():
