@@ -212,6 +212,27 @@ def _rename(sd: Mapping[str, torch.Tensor], rules, drop: Sequence[str], where: s
     return out, dropped
 
 
+def rename_state(fmt_name: str, sd: Mapping[str, torch.Tensor], where: str = "state dict"
+                 ) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The source's keys -> the project model's keys (values untouched, except HF's k/v concatenation); returns
+    (state, dropped unused keys). Refuses naming the first key that fits no rule of ``fmt_name``."""
+    if fmt_name == "deliver":
+        return _rename(sd, _DELIVER_RULES, (), where, fmt_name)
+    if fmt_name in ("anyseg", "ummss"):
+        return _rename(sd, _MSEG_RULES, ("classifier.weight",), where, fmt_name)
+    if fmt_name == "hf":
+        dropped = [k for k in sd if k.startswith("classifier.")]
+        try:
+            official = hf_to_official(sd, drop=("classifier.",))
+        except ValueError as exc:
+            raise ConvertError(f"{where}: {exc}") from None
+        state, _ = _rename(official, _SEGFORMER_RULES, (), where, fmt_name)
+        return state, dropped
+    if fmt_name == "mit":  # ImageNet encoder (+ classifier head.*) or mmseg SegFormer (+ unused conv_seg)
+        return _rename(sd, _SEGFORMER_RULES, ("head.weight", "head.bias", "decode_head.conv_seg."), where, fmt_name)
+    raise ConvertError(f"--format: unknown {fmt_name!r}; known: {sorted(FORMATS)}")
+
+
 # ---- inference from shapes ---------------------------------------------------------------------------------
 
 def infer_backbone(sd: Mapping[str, torch.Tensor], prefix: str, where: str, wanted: str | None) -> str:
@@ -317,36 +338,25 @@ def convert_state(fmt_name: str, path: str | Path, *, preset: str | None = None,
     path = Path(path)
     where = f"{path} (--format {fmt_name})"
     sd, notes = read_state_dict(path)
-    dropped: list[str] = []
+    state, dropped = rename_state(fmt_name, sd, where)
     arch, encoder_only = fmt.arch, False
     if fmt_name == "deliver":
-        state, dropped = _rename(sd, _DELIVER_RULES, (), where, fmt_name)
         num_aux = len({k.split(".")[3] for k in state if k.startswith("extra_downsample_layers.0.norms.")})
         mods = _deliver_modalities(path, num_aux, modalities)
         if len(mods) != 1 + num_aux:
             raise ConvertError(f"{where}: the weights have 1 + {num_aux} modalities (keys "
                                f"backbone.extra_downsample_layers.0.norm.ln_*), --modalities names {len(mods)}")
-    elif fmt_name in ("anyseg", "ummss"):
-        state, dropped = _rename(sd, _MSEG_RULES, ("classifier.weight",), where, fmt_name)
-        if "classifier.weight" in dropped:
-            notes.append("dropped classifier.weight (stored by the reference, unused by its forward)")
-        mods = list(modalities or fmt.modalities)
-    elif fmt_name == "hf":
-        try:
-            official = hf_to_official(sd, drop=("classifier.",))
-        except ValueError as exc:
-            raise ConvertError(f"{where}: {exc}") from None
-        state, dropped = _rename(official, _SEGFORMER_RULES, (), where, fmt_name)
-        mods = list(modalities or fmt.modalities)
-    else:  # mit: ImageNet encoder or mmseg SegFormer
-        state, dropped = _rename(sd, _SEGFORMER_RULES, ("head.weight", "head.bias", "decode_head.conv_seg."),
-                                 where, fmt_name)
+    elif fmt_name == "mit":
         encoder_only = not any(k.startswith("head.") for k in state)
         if encoder_only:
             arch = model or "segformer"
             notes.append(f"ImageNet encoder only: the {arch}'s head and fusion are freshly initialised (seed {seed}); "
                          "fine-tune before use")
         mods = list(modalities or (("rgb",) if arch == "segformer" else ("rgb", "depth", "event", "lidar")))
+    else:
+        mods = list(modalities or fmt.modalities)
+    if "classifier.weight" in dropped:
+        notes.append("classifier.weight is stored by the reference but unused by its forward: dropped")
     if dropped:
         notes.append(f"dropped {len(dropped)} unused key(s): {dropped[:4]}")
     bb = infer_backbone(state, "encoder.", where, backbone)
