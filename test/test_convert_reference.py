@@ -202,3 +202,45 @@ def test_cli_subprocess_help_and_convert(tmp_path):
     assert run.returncode == 0, run.stderr
     assert '"compat": "anyseg"' in run.stdout and "raw 0..255" in run.stderr
     assert load_checkpoint(dst)["spec"].modality_names == ("rgb", "event", "lidar")
+
+
+def test_deliver_compat_holds_in_channels_last(converted):
+    """The [B,C,H,W]-as-[B,H,W,C] carry reads the logical element order, whatever the memory format (guards later
+    speed work: channels-last must not change the reference function)."""
+    data = np.load(fixture("dlv_cmnext_b0_io.npz"))
+    model, _ = load_model(converted["deliver"])
+    model = model.to(memory_format=torch.channels_last)
+    xs = [torch.from_numpy(data[f"x_{m}"]).contiguous(memory_format=torch.channels_last)
+          for m in ("img", "depth", "event", "lidar")]
+    assert_matches(full_res_logits(model, xs, [True] * 4), torch.from_numpy(data["logits_full"]), "channels-last")
+
+
+def test_deliver_modalities_from_the_released_file_names():
+    from equiseg_ros.models.convert import ConvertError, _deliver_modalities
+
+    assert _deliver_modalities(Path("cmnext_b2_deliver_rgbdel.pth"), 3, None) == ["rgb", "depth", "event", "lidar"]
+    assert _deliver_modalities(Path("cmnext_b2_deliver_rgbl.pth"), 1, None) == ["rgb", "lidar"]
+    assert _deliver_modalities(Path("cmnext_b2_deliver_rgbde.pth"), 2, None) == ["rgb", "depth", "event"]
+    assert _deliver_modalities(Path("mine.pth"), 1, ["rgb", "event"]) == ["rgb", "event"]
+    with pytest.raises(ConvertError, match="--modalities"):
+        _deliver_modalities(Path("mine.pth"), 2, None)
+
+
+@pytest.mark.parametrize("compat", ["deliver", "none"])
+def test_deliver_single_auxiliary_carry(compat):
+    """With one auxiliary modality DELIVER carries x_f alone to the next stage (no fixture covers RGB-X files:
+    checked on the carried tensor itself); the project's carry adds x_f to the modality's own map."""
+    from equiseg_ros.config import ModelConfig
+    from equiseg_ros.models.build import build_model
+    from equiseg_ros.spec import deliver_spec
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="cmnext", backbone="mit_b0", compat=compat), deliver_spec(["rgb", "depth"]))
+    seen: dict[str, object] = {}
+    model.extra_downsample_layers[0].register_forward_hook(lambda m, i, o: seen.__setitem__("raw", o[0]))
+    model.frms[0].register_forward_hook(lambda m, i, o: seen.__setitem__("x_f", o[1]))
+    model.extra_downsample_layers[1].register_forward_pre_hook(lambda m, i: seen.__setitem__("carried", i[0][0]))
+    with torch.no_grad():
+        model.eval()(torch.randn(1, 2, 3, 64, 64), torch.ones(1, 2, dtype=torch.bool))
+    want = seen["x_f"] if compat == "deliver" else seen["raw"] + seen["x_f"]
+    assert torch.equal(seen["carried"], want)
