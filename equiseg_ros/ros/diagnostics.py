@@ -96,6 +96,21 @@ def inference_status(node_name: str, r: InferenceReport) -> dict[str, Any]:
             "values": values}
 
 
+# Node states reported before inference runs (plain node while loading; managed node in each lifecycle state).
+NODE_STATES = ("loading", "unconfigured", "inactive", "error", "shutting_down")
+
+
+def node_state_status(node_name: str, state: str, message: str, model: str = "", progress: str = "",
+                      backend: str = "") -> dict[str, Any]:
+    """The inference status while the node does not infer: ``state`` (one of :data:`NODE_STATES`), what it is
+    doing (``message``) and the last loading / engine-build progress line. Same status name as
+    :func:`inference_status`, so a monitor watching that status sees the node come up."""
+    level = ERROR if state == "error" else WARN
+    values = {"state": state, "model": model, "progress": progress, "backend": backend}
+    return {"level": level, "name": f"{node_name}: inference", "message": f"{state}: {message}" if message else state,
+            "hardware_id": backend or "-", "values": values}
+
+
 def to_msg(statuses: list[dict[str, Any]], stamp: Any) -> Any:
     """Plain status dicts -> diagnostic_msgs/DiagnosticArray stamped ``stamp`` (a builtin_interfaces/Time)."""
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue

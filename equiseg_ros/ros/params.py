@@ -18,6 +18,7 @@ RELIABILITIES = ("best_effort", "reliable")
 INPUT_TYPES = ("image", "compressed", "pointcloud2")
 CONFIDENCE_ENCODINGS = ("mono8", "32FC1")
 BACKENDS = ("tensorrt", "onnxruntime", "torch")
+PRECISIONS = ("fp32", "fp16", "int8")
 
 
 class ParamError(ValueError):
@@ -119,6 +120,14 @@ PARAMS: tuple[ParamDef, ...] = (
              "backends to try in order; the first that loads the artefact on this machine is used", _backends),
     ParamDef("backend.threads", 0, "CPU threads for ONNX Runtime / torch (0 = the backend's default)",
              in_range(0, 256)),
+    ParamDef("engine.precision", "fp32", "TensorRT engine precision: fp32, fp16 or int8 (the engine "
+             "`training/export.py --engine --fp16/--int8` built, found in engine.cache_dir); ONNX Runtime's "
+             "TensorRT provider uses it too", one_of(*PRECISIONS)),
+    ParamDef("engine.cache_dir", "", "directory of built TensorRT engines (+ sidecars and timing cache); empty = "
+             "beside the model", None),
+    ParamDef("engine.build_on_start", True, "build a missing or stale TensorRT engine at start (minutes on a "
+             "Jetson: the node reports progress on /rosout and /diagnostics); false = use a prebuilt engine or fall "
+             "back to the next backend", None),
     ParamDef("camera_info_topic", "camera_info", "sensor_msgs/CameraInfo of the camera the masks are aligned to",
              _topic),
     ParamDef("qos.reliability", "best_effort", "input QoS reliability: best_effort (sensor data) or reliable",

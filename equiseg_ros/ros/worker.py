@@ -50,6 +50,12 @@ class LatestSlot(Generic[T]):
     def pending(self) -> int:
         return int(self._has)
 
+    def clear(self) -> bool:
+        """Forget the pending item (not counted as replaced); True when there was one."""
+        with self._cond:
+            had, self._item, self._has = self._has, None, False
+            return had
+
     def close(self) -> None:
         with self._cond:
             self._closed = True
@@ -66,6 +72,8 @@ class InferenceWorker(Generic[T]):
         self._slot: LatestSlot[T] = LatestSlot()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._idle = threading.Event()
+        self._idle.set()
         self.submitted = 0
         self.processed = 0
         self.errors = 0
@@ -94,17 +102,30 @@ class InferenceWorker(Generic[T]):
     def alive(self) -> bool:
         return self._thread.is_alive()
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def drain(self, timeout: float = 5.0) -> bool:
+        """Drop the pending frame and wait (at most ``timeout`` s) for the running one: True when idle.
+
+        The managed node's *deactivate*: inference stops, the model stays loaded."""
+        self._slot.clear()
+        if threading.current_thread() is self._thread:
+            return True
+        return self._idle.wait(timeout)
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Stop the thread (the pending frame is dropped); True when it ended within ``timeout`` s."""
         self._stop.set()
         self._slot.close()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def _run(self) -> None:
+        # blocks in take() without a timeout: an idle node does not wake this thread (close() ends the wait)
         while not self._stop.is_set():
-            item = self._slot.take(timeout=0.2)
+            item = self._slot.take()
             if item is None:
                 continue
+            self._idle.clear()
             self.busy = True
             t0 = time.perf_counter()
             try:
@@ -117,3 +138,4 @@ class InferenceWorker(Generic[T]):
             finally:
                 self.last_duration = time.perf_counter() - t0
                 self.busy = False
+                self._idle.set()
