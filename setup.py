@@ -44,6 +44,5 @@ setup(
     maintainer_email="dev@equiseg-ros.invalid",
     description="Robust multimodal semantic segmentation for autonomous vehicles (EQUISeg, RMMSS) with a ROS 2 node.",
     license="Apache-2.0",
-    tests_require=["pytest"],
     entry_points={"console_scripts": [f"{k} = {v}" for k, v in CONSOLE_SCRIPTS.items()]},
 )

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from equiseg_ros.ros.params import PARAM_INDEX
+from equiseg_ros.ros.params import PARAM_INDEX, PRECISIONS, check_value
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "launch" / "perception.launch.py"
@@ -22,9 +22,9 @@ LAUNCH = ROOT / "launch" / "perception.launch.py"
 KNOWN_API = {
     "launch": {"LaunchDescription"},
     "launch.actions": {"DeclareLaunchArgument", "LogInfo", "OpaqueFunction", "SetEnvironmentVariable",
-                       "IncludeLaunchDescription", "GroupAction"},
+                       "UnsetEnvironmentVariable", "IncludeLaunchDescription", "GroupAction"},
     "launch.substitutions": {"LaunchConfiguration", "EnvironmentVariable", "PathJoinSubstitution"},
-    "launch_ros.actions": {"Node", "PushRosNamespace"},
+    "launch_ros.actions": {"Node", "LifecycleNode", "PushRosNamespace"},
     "ament_index_python.packages": {"get_package_share_directory"},
 }
 
@@ -68,17 +68,51 @@ def test_launch_file_parses_and_starts_the_installed_executable():
     scripts = dict(s.split(" = ", 1) for s in info["entry_points"]["console_scripts"])
     assert consts["PACKAGE"] == info["name"] == "equiseg_ros"
     assert consts["EXECUTABLE"] in scripts and scripts[consts["EXECUTABLE"]] == "equiseg_ros.ros.node:main"
-    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "Node"]
+    # one call builds the node: node_cls(...) where node_cls is Node or LifecycleNode
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "node_cls"]
     assert len(calls) == 1
     kw = {k.arg: k.value for k in calls[0].keywords}
     assert isinstance(kw["package"], ast.Name) and kw["package"].id == "PACKAGE"
     assert isinstance(kw["executable"], ast.Name) and kw["executable"].id == "EXECUTABLE"
-    for key in ("name", "namespace", "parameters", "remappings"):
+    for key in ("name", "namespace", "parameters", "remappings", "arguments"):  # LifecycleNode needs name+namespace
         assert key in kw
-    # parameters passed inline are parameters the node declares (or rclpy's use_sim_time)
-    inline = [n for n in ast.walk(kw["parameters"]) if isinstance(n, ast.Dict)]
-    keys = {k.value for d in inline for k in d.keys if isinstance(k, ast.Constant)}
-    assert keys == {"model_path", "use_sim_time"} and "model_path" in PARAM_INDEX
+    choice = next(n for n in ast.walk(tree) if isinstance(n, ast.Assign) and any(
+        getattr(t, "id", "") == "node_cls" for t in n.targets))
+    assert {getattr(x, "id", "") for x in ast.walk(choice.value)} >= {"LifecycleNode", "Node", "managed"}
+
+
+def test_inline_parameters_are_declared_node_parameters():
+    mod = _load_module()
+    base = {"model_path": "/m.onnx", "use_sim_time": "false"}
+    assert mod.inline_parameters(base) == {"model_path": "/m.onnx", "use_sim_time": False}
+    full = mod.inline_parameters({**base, "use_sim_time": "true", "engine_precision": "fp16",
+                                  "engine_cache_dir": "/cache", "engine_build_on_start": "false"})
+    assert full == {"model_path": "/m.onnx", "use_sim_time": True, "engine.precision": "fp16",
+                    "engine.cache_dir": "/cache", "engine.build_on_start": False}
+    assert set(full) - {"use_sim_time"} <= set(PARAM_INDEX)
+    assert tuple(mod.PRECISIONS) == PRECISIONS
+    assert check_value(PARAM_INDEX["engine.precision"], "fp8") and not check_value(PARAM_INDEX["engine.precision"],
+                                                                                    "int8")
+    for p in ("engine.precision", "engine.cache_dir", "engine.build_on_start"):
+        assert PARAM_INDEX[p].default == {"engine.precision": "fp32", "engine.cache_dir": "",
+                                          "engine.build_on_start": True}[p]
+    with pytest.raises(ValueError, match="engine_precision"):
+        mod.inline_parameters({**base, "engine_precision": "fp8"})
+    with pytest.raises(ValueError, match="engine_build_on_start"):
+        mod.inline_parameters({**base, "engine_build_on_start": "maybe"})
+
+
+def test_managed_argument_selects_the_lifecycle_flag_the_node_accepts():
+    mod = _load_module()
+    assert mod.node_arguments({"managed": "false", "log_level": "info"}) == ["--ros-args", "--log-level", "info"]
+    args = mod.node_arguments({"managed": "true", "log_level": "debug"})
+    assert args == ["--managed", "--ros-args", "--log-level", "debug"]
+    with pytest.raises(ValueError, match="managed"):
+        mod.node_arguments({"managed": "perhaps", "log_level": "info"})
+    # the flag is the one perception_node understands (its --help documents it)
+    out = subprocess.run([sys.executable, "-m", "equiseg_ros.ros.node", "--help"], capture_output=True, text=True,
+                         timeout=60, cwd=ROOT)
+    assert out.returncode == 0 and mod.MANAGED_FLAG in out.stdout
 
 
 def test_every_referenced_file_exists_and_is_installed():
@@ -115,12 +149,48 @@ def test_launch_arguments_and_helpers():
         ("rgb/image", "/cam/image_raw"), ("camera_info", "/cam/info")]
     with pytest.raises(ValueError, match="expected 'from:=to'"):
         mod.parse_remappings("rgb/image=/cam")
-    assert mod.profile_to_set({}, "/share/config/fastdds_shm.xml") == "/share/config/fastdds_shm.xml"
-    assert mod.profile_to_set({"FASTDDS_DEFAULT_PROFILES_FILE": "/mine.xml"}, "/share/x.xml") is None
-    assert mod.profile_to_set({}, "") is None
+    profile = ROOT / "config" / "fastdds_shm.xml"
+    assert mod.profile_to_set({}, str(profile)) == str(profile)
+    assert mod.profile_to_set({"FASTDDS_DEFAULT_PROFILES_FILE": "/mine.xml"}, str(profile)) is None
+    assert mod.profile_to_set({}, "none") is None
     assert mod.as_bool("True") is True and mod.as_bool("false") is False
     with pytest.raises(ValueError):
         mod.as_bool("sometimes")
+
+
+@pytest.mark.parametrize("value", ["none", "None", "defaults", "", " none "])
+def test_fastdds_profile_none_removes_the_variable_for_the_node(value):
+    mod = _load_module()
+    profile = ROOT / "config" / "fastdds_shm.xml"
+    # `none` wins even over the user's own variable: it is an explicit request for Fast DDS defaults
+    for environ in ({}, {"FASTDDS_DEFAULT_PROFILES_FILE": str(profile), "OTHER": "1"}):
+        assert mod.profile_action(environ, value) == ("unset", None)
+        env = mod.node_environment(environ, value)
+        assert "FASTDDS_DEFAULT_PROFILES_FILE" not in env  # removed, not set empty
+        assert env.get("OTHER") == environ.get("OTHER")
+
+
+def test_fastdds_profile_set_keep_and_missing_file(tmp_path):
+    mod = _load_module()
+    profile = ROOT / "config" / "fastdds_shm.xml"
+    assert mod.node_environment({}, str(profile))["FASTDDS_DEFAULT_PROFILES_FILE"] == str(profile)
+    mine = {"FASTDDS_DEFAULT_PROFILES_FILE": "/etc/my_profile.xml"}
+    assert mod.profile_action(mine, str(profile)) == ("keep", None)
+    assert mod.node_environment(mine, str(profile)) == mine
+    with pytest.raises(ValueError, match="not a file.*'none'"):
+        mod.profile_action({}, str(tmp_path / "missing.xml"))
+
+
+def test_launch_arguments_are_typeable_and_documented():
+    """Every argument's documented special values can be typed as `name:=value` (ros2launch rejects `name:=`)."""
+    mod = _load_module()
+    doc = mod.ARGUMENTS["fastdds_profile"][1]
+    assert "'none'" in doc and "defaults" in doc
+    assert "fastdds_profile:=none" in mod.__doc__
+    for name, (default, text) in mod.ARGUMENTS.items():
+        assert text, name
+        assert "''" not in text, f"{name}: documents a value that cannot be typed on a shell"
+    assert {"managed", "engine_precision", "engine_cache_dir", "engine_build_on_start"} <= set(mod.ARGUMENTS)
 
 
 def test_shm_profile_is_the_measured_64mb_segment():
