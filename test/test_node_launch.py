@@ -187,7 +187,7 @@ def test_launch_arguments_are_typeable_and_documented():
     doc = mod.ARGUMENTS["fastdds_profile"][1]
     assert "'none'" in doc and "defaults" in doc
     assert "fastdds_profile:=none" in mod.__doc__
-    for name, (default, text) in mod.ARGUMENTS.items():
+    for name, (_default, text) in mod.ARGUMENTS.items():
         assert text, name
         assert "''" not in text, f"{name}: documents a value that cannot be typed on a shell"
     assert {"managed", "engine_precision", "engine_cache_dir", "engine_build_on_start"} <= set(mod.ARGUMENTS)
