@@ -53,20 +53,56 @@ class LossConfig:
     hpdm_include_absent: bool = False
     proto_softmax_dim: Literal["class", "channel"] = "class"
     kl_reduction: Literal["mean", "sum"] = "mean"  # "mean" = the reference's kl_div scale (divided by K)
+    # SGM's own reduction (None = follow kl_reduction). EQUISeg Eq. 4 writes the textbook sum over the C classes;
+    # "mean" divides it by K. lambda = 60 assumes "mean": EQUISeg has no public code, its authors' RobustSeg /
+    # UMMSS prototype distillation (PCUMD) computes kl_div(reduction="mean") over the [K, d] prototype matrix, and
+    # with "sum" lambda = 60 would weigh the SGM term 25x (DeLiVER) heavier than that code base's scale.
+    sgm_reduction: Literal["mean", "sum"] | None = None
     fsm_gradient: Literal["straight_through", "soft", "none"] = "straight_through"
+    # Stage 2, how the two teachers are merged: "select" = the FSMs (RMMSS Eq. 6-8); "basic" = RMMSS Table 4's
+    # baseline: no FSM, the distillation losses against the two teachers weighted 0.5 / 0.5.
+    fsm_mode: Literal["select", "basic"] = "select"
+    # Stage 2: "unified" brings both teachers to one scale before the FSM compares them (RMMSS: "normalized to a
+    # unified scale"; raw values would pick the larger magnitude): logits -> log-softmax over classes (the KD
+    # target distribution is unchanged); prototypes -> each teacher's [K, d] matrix divided by its per-sample,
+    # per-channel RMS over the classes both teachers see, times the full-modality teacher's RMS (so the merged
+    # target keeps the scale alpha = 100 was tuned on). "none" = raw values (this project's earlier behaviour).
+    fsm_normalize: Literal["unified", "none"] = "unified"
 
 
 @dataclass
 class MaskingConfig:
-    """Random modality masking of the RMMSS students: a random non-empty subset per sample."""
+    """Random modality masking: which inputs a training sample keeps (the rest are zeroed, and flagged absent).
 
-    full_prob: float = 0.0  # extra chance of keeping every modality (0 = uniform over the 2^M - 1 subsets)
+    ``mode``:
+    - ``auto`` (default): ``ummss`` for the RMMSS students, ``none`` for supervised / EQUISeg training;
+    - ``ummss``: the UMMSS / RobustSeg reference (``seg_block_select_UMD``): per batch, draw k uniformly from 1..M,
+      then k distinct modalities; every sample of the batch keeps that subset (RMMSS default, issue 15);
+    - ``subsets``: per sample, a uniformly drawn non-empty subset of the 2^M - 1 (this project's earlier default;
+      k is then binomial-like, mostly M/2);
+    - ``none``: no masking (the full-modality input).
+    ``prob`` masks only that share of the batches (``ummss``) or samples (``subsets``); the rest keep everything.
+    """
+
+    mode: Literal["auto", "none", "ummss", "subsets"] = "auto"
+    prob: float = 1.0
+    full_prob: float = 0.0  # subsets mode: extra chance of keeping every modality (0 = uniform over the subsets)
     flag_absent: bool = True  # zero the input AND set present=False (deployed semantics); False = zero only
+    # share of the masked samples that are zeroed but keep present=True (the benchmark's semantics), so a model
+    # trained for the deployed setting also knows the papers' zero-fill (0 = always flagged when flag_absent)
+    zero_only_prob: float = 0.0
     robust_teacher_input: Literal["masked", "full"] = "masked"  # stage 2: what the stage-1 teacher sees
 
+    def resolved_mode(self, method: str) -> str:
+        if self.mode != "auto":
+            return self.mode
+        return "ummss" if method in ("rmmss_stage1", "rmmss_stage2") else "none"
+
     def check(self) -> None:
-        if not 0.0 <= self.full_prob <= 1.0:
-            raise ValueError(f"full_prob: must be in [0, 1], got {self.full_prob}")
+        for name in ("full_prob", "prob", "zero_only_prob"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"{name}: must be in [0, 1], got {v}")
 
 
 @dataclass
@@ -118,6 +154,9 @@ class TrainConfig:
     val: ValConfig = field(default_factory=ValConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     dist: DistConfig = field(default_factory=DistConfig)
+    # student initialisation from a project checkpoint's weights (not a resume: fresh optimiser and schedule),
+    # e.g. the stage-1 robust model for stage 2; None = model.pretrained (ImageNet MiT) as in every other stage
+    init_from: str | None = None
     batch_size: int = 2  # per process
     accumulate: int = 1  # micro-batches per optimiser step
     epochs: int | None = 200

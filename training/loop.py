@@ -214,6 +214,8 @@ class Trainer:
 
         c = self.cfg
         self.model = build_model(c.model, self.spec).to(self.device)
+        if c.init_from:
+            self._init_from(c.init_from)
         teachers = {}
         if c.method in ("rmmss_stage1", "rmmss_stage2"):
             teachers["full"] = load_frozen_model(c.teachers.full, self.spec, self.device)
@@ -227,6 +229,19 @@ class Trainer:
         self.optimizer = build_optimizer(self.trainable, c.optim)
         self.scheduler = WarmupPolyLR.build(self.optimizer, c.optim, self.total_iters, self.iters_per_epoch)
         self.ddp: nn.Module = self.model
+
+    def _init_from(self, path: str) -> None:
+        """Student weights from a project checkpoint (``init_from``): same model config and spec required."""
+        from equiseg_ros.models.build import load_checked_checkpoint
+
+        ckpt = load_checkpoint(path)
+        if tuple(ckpt["spec"].modality_names) != tuple(self.spec.modality_names):
+            raise CheckpointError(f"{path}: init_from checkpoint has modalities {list(ckpt['spec'].modality_names)}, "
+                                  f"this run {list(self.spec.modality_names)}")
+        try:
+            load_checked_checkpoint(self.model, ckpt)
+        except (ValueError, RuntimeError, KeyError) as exc:
+            raise CheckpointError(f"{path}: init_from weights do not fit this run's model: {exc}") from None
 
     def _wrap_ddp(self) -> None:
         if self.dist.enabled:

@@ -48,7 +48,7 @@ from equiseg_ros.data._io import read_png, write_png
 from equiseg_ros.data._types import FrameRecord
 from equiseg_ros.data.deliver import CONDITIONS, CORNER_CASES, decode_label, encode_label
 from equiseg_ros.sensors.depth import depth8, depth_to_image
-from equiseg_ros.sensors.events import events_from_images, events_to_frame
+from equiseg_ros.sensors.events import events_to_frame
 from equiseg_ros.sensors.geometry import CameraModel
 from equiseg_ros.sensors.lidar import lidar_to_image
 
@@ -57,8 +57,14 @@ LIDAR_OFFSET = (0.0, 0.4, -0.2)  # LiDAR position relative to the camera in the 
 LIDAR_BEAMS, LIDAR_ELEV = 96, (-30.0, 10.0)
 LIDAR_AZ, LIDAR_AZ_STEP = 60.0, 0.35
 LIDAR_DILATION = 2
-EVENT_DT = 0.03  # seconds between the previous and the current frame (= the MUSES 30 ms window)
-EVENT_THRESHOLD = 0.1  # log-intensity change per event
+EVENT_DT = 0.03  # the event window before each frame's stamp (= the MUSES 30 ms window)
+EVENT_THRESHOLD = 0.1  # nominal contrast threshold C: log-irradiance change per event
+EVENT_THRESHOLD_SIGMA = 0.1  # per-pixel threshold mismatch (relative), fixed for the sensor
+EVENT_LOG_EPS = 2e-3  # photoreceptor dark level in the log (radiance units 0..1): darkness compresses contrast
+EVENT_REFRACTORY_S = 1e-3  # refractory period: at most window / refractory events per pixel and window
+EVENT_BA_HZ = {"night": 5.0}  # background activity per pixel (shot / leak noise; far more in the dark) ...
+EVENT_BA_HZ_DEFAULT = 1.0  # ... and by day
+EVENT_HOT_FRACTION, EVENT_HOT_HZ = 1e-3, 200.0  # hot pixels of the sensor and their rate
 FRAMES_PER_SCENE = 4
 
 # Optical camera frame (x right, y down, z fwd) -> world (X right, Y up, Z fwd)
@@ -162,8 +168,9 @@ LOOKS = {
 
 
 def _shade(hits: S.Hits, dirs: np.ndarray, depth: np.ndarray, cond: str, fog_beta: float,
-           rng: np.random.Generator) -> np.ndarray:
-    """Linear-light RGB in [0, 1] of one rendered view under ``cond`` (float32 [H, W, 3])."""
+           rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(camera RGB, scene radiance) of one rendered view under ``cond``: the camera's linear-light RGB in [0, 1]
+    with sensor noise, and the noise-free, unclipped radiance the event camera sees (float32 [H, W, 3] each)."""
     look = LOOKS[cond]
     sun = look.sun / np.linalg.norm(look.sun)
     lam = np.clip(hits.normal @ sun.astype(np.float32), 0, 1)
@@ -188,8 +195,9 @@ def _shade(hits: S.Hits, dirs: np.ndarray, depth: np.ndarray, cond: str, fog_bet
         k = max(3, rgb.shape[0] // 24)
         streaks = cv2.filter2D(streaks, -1, np.ones((k, 1), np.float32) / 2.0)
         rgb = rgb + 0.5 * np.clip(streaks, 0, 1)[..., None]
+    radiance = rgb.astype(np.float32)
     rgb = rgb + rng.normal(0.0, look.noise, rgb.shape).astype(np.float32)
-    return np.clip(rgb, 0, 1)
+    return np.clip(rgb, 0, 1), radiance
 
 
 def _corner_rgb(rgb: np.ndarray, case: str | None, rng: np.random.Generator) -> np.ndarray:
@@ -207,8 +215,107 @@ def _to_u8(rgb: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(rgb, 0, 1) ** (1 / 1.6) * 255).astype(np.uint8)  # a mild display gamma
 
 
-def _gray(rgb8: np.ndarray) -> np.ndarray:
-    return rgb8.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+# ---- the event camera ----------------------------------------------------------------------------------------
+
+def _warp_to_previous(hits: S.Hits, rays: np.ndarray, radiance: np.ndarray, cam: CameraModel, origin: np.ndarray,
+                      speed: float, yaw_rate: float, dt: float, box_velocity: np.ndarray) -> np.ndarray:
+    """The radiance the camera saw ``dt`` seconds earlier, by warping the current view with the exact motion field.
+
+    Every pixel's world point (moved back by its box's velocity; sky points at infinity) is projected into the
+    previous pose (``speed * dt`` further back, yaw ``-yaw_rate * dt``); with the backward flow b = x_prev - x the
+    previous image at x is the current one at x - b (constant flow locally: the standard brightness-constancy
+    approximation of event simulators). Bilinear sampling makes sub-pixel motion at small resolutions fire events
+    at edges in proportion to the swept area, as a real pixel's photocurrent does.
+    """
+    R_prev = _yaw(-yaw_rate * dt) @ R_WORLD_FROM_CAM
+    o_prev = origin.astype(np.float64) - np.array([0.0, 0.0, speed * dt])
+    hit = np.isfinite(hits.t)
+    vel = np.zeros(hits.point.shape, np.float64)
+    on_box = hits.box_id >= 0
+    if on_box.any():
+        vel[on_box] = box_velocity[hits.box_id[on_box]]
+    p_prev = np.where(hit[..., None], hits.point.astype(np.float64) - vel * dt - o_prev, rays.astype(np.float64))
+    pc = p_prev @ R_prev  # world -> previous optical frame (directions for the sky)
+    z = np.maximum(pc[..., 2], 1e-3)
+    u_prev = cam.K[0, 0] * pc[..., 0] / z + cam.K[0, 2]
+    v_prev = cam.K[1, 1] * pc[..., 1] / z + cam.K[1, 2]
+    v, u = np.mgrid[0:cam.height, 0:cam.width].astype(np.float64)
+    map_x = (2 * u - u_prev).astype(np.float32)
+    map_y = (2 * v - v_prev).astype(np.float32)
+    out = cv2.remap(radiance, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    # no estimate for points behind the previous pose or whose source lies outside the view: no change there
+    unknown = (pc[..., 2] <= 1e-3) | (map_x < 0) | (map_x > cam.width - 1) | (map_y < 0) | (map_y > cam.height - 1)
+    out[unknown] = radiance[unknown]
+    return out
+
+
+def _sensor_rng(seed: int, shape: tuple[int, int]) -> np.random.Generator:
+    """The event sensor's fixed-pattern randomness (threshold mismatch, hot pixels): one sensor per dataset."""
+    return np.random.default_rng([seed, shape[0], shape[1], 99])
+
+
+def simulate_events(radiance: np.ndarray, prev_radiance: np.ndarray, shape: tuple[int, int], t0: float, t1: float,
+                    cond: str, seed: int, rng: np.random.Generator) -> np.ndarray:
+    """A DVS between two radiance images: float64 [N, 4] events (x, y, t, p) in (t0, t1], sorted by time.
+
+    - Signal: each pixel fires floor(|log(I1 + e) - log(I0 + e)| / C_pix) events of the sign of the change, spread
+      over the window with a random phase. Log irradiance makes the count a function of the scene's contrast, not
+      of its illumination: edges fire at night and in glare as by day (only the dark level e compresses contrast
+      in very dark areas). C_pix = C (1 + 0.1 N(0, 1)) is the sensor's fixed threshold mismatch.
+    - Refractory period: at most ``window / EVENT_REFRACTORY_S`` events per pixel.
+    - Background activity: Poisson events of random polarity at 1 Hz per pixel by day, 5 Hz at night.
+    - Hot pixels: 0.1 % of the sensor's pixels fire at 200 Hz, each with its own polarity.
+    ``shape`` smaller than the images = a lower-resolution sensor (area-averaged irradiance).
+    """
+    h, w = shape
+
+    def lum(img: np.ndarray) -> np.ndarray:
+        y = img.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+        if y.shape != (h, w):
+            y = cv2.resize(y, (w, h), interpolation=cv2.INTER_AREA)
+        return np.log(np.maximum(y, 0.0) + EVENT_LOG_EPS)
+
+    d = lum(radiance) - lum(prev_radiance)
+    srng = _sensor_rng(seed, shape)
+    thr = EVENT_THRESHOLD * np.clip(1.0 + EVENT_THRESHOLD_SIGMA * srng.standard_normal((h, w)), 0.5, 1.5)
+    hot = srng.random((h, w)) < EVENT_HOT_FRACTION
+    hot_pol = srng.random((h, w)) < 0.5
+    window = t1 - t0
+    cap = int(window / EVENT_REFRACTORY_S)
+    n = np.minimum(np.floor(np.abs(d) / thr).astype(np.int64), cap)
+    rows = [_spread(np.flatnonzero(n), n.reshape(-1), np.where(d > 0, 1.0, 0.0).reshape(-1), w, t0, window, rng)]
+    rate = EVENT_BA_HZ.get(cond, EVENT_BA_HZ_DEFAULT)
+    ba = rng.poisson(rate * window, (h, w))
+    ba_lin = np.flatnonzero(ba)
+    if len(ba_lin):
+        reps = np.repeat(ba_lin, ba.reshape(-1)[ba_lin])
+        rows.append(np.stack([reps % w, reps // w, t0 + window * (1.0 - rng.random(len(reps))),
+                              (rng.random(len(reps)) < 0.5).astype(np.float64)], axis=1))
+    hot_n = rng.poisson(EVENT_HOT_HZ * window, (h, w)) * hot
+    rows.append(_spread(np.flatnonzero(hot_n), hot_n.reshape(-1), hot_pol.reshape(-1).astype(np.float64), w, t0,
+                        window, rng))
+    ev = np.concatenate(rows).astype(np.float64)
+    # the refractory cap holds for the sum of signal and noise events of a pixel: keep each pixel's first ``cap``
+    ev = ev[np.lexsort((ev[:, 2], ev[:, 1] * w + ev[:, 0]))]
+    if len(ev):
+        lin = (ev[:, 1] * w + ev[:, 0]).astype(np.int64)
+        first = np.r_[0, np.flatnonzero(np.diff(lin)) + 1]
+        rank = np.arange(len(lin)) - np.repeat(first, np.diff(np.r_[first, len(lin)]))
+        ev = ev[rank < cap]
+    return ev[np.argsort(ev[:, 2], kind="stable")]
+
+
+def _spread(lin: np.ndarray, counts: np.ndarray, pol: np.ndarray, w: int, t0: float, window: float,
+            rng: np.random.Generator) -> np.ndarray:
+    """``counts[lin]`` events per pixel, evenly spaced over (t0, t0 + window] with a random phase per pixel."""
+    if len(lin) == 0:
+        return np.zeros((0, 4), np.float64)
+    c = counts[lin]
+    rep = np.repeat(lin, c)
+    k = np.arange(len(rep)) - np.repeat(np.cumsum(c) - c, c)
+    frac = (k + np.repeat(rng.random(len(lin)), c)) / np.repeat(c, c)
+    t = t0 + window * np.clip(frac, 1e-9, 1.0)
+    return np.stack([rep % w, rep // w, t, np.repeat(pol[lin], c)], axis=1)
 
 
 # ---- one frame -------------------------------------------------------------------------------------------------
@@ -232,7 +339,8 @@ def _render_view(street: S.Street, origin: np.ndarray, cam: CameraModel, yaw_deg
     hits = S.cast(street, origin, rays, _camera_bbox(cam, origin, R))
     depth = hits.t * (rays @ R[:, 2].astype(np.float32))  # camera z = t * cos(angle to the optical axis)
     depth = np.where(np.isfinite(hits.t), depth, np.nan).astype(np.float32)
-    return hits, depth, _shade(hits, rays, depth, cond, beta, rng)
+    rgb, radiance = _shade(hits, rays, depth, cond, beta, rng)
+    return hits, rays, depth, rgb, radiance
 
 
 def generate_frame(fs: FrameSpec, size: int, seed: int) -> dict[str, Any]:
@@ -246,23 +354,19 @@ def generate_frame(fs: FrameSpec, size: int, seed: int) -> dict[str, Any]:
     yaw_rate = rng.uniform(-30.0, 30.0)  # degrees per second: the view sweeps, so far edges fire events too
     z = fs.frame_in_scene * 7.0 + rng.uniform(0, 1.5)
     origin = np.array([0.0, CAMERA_HEIGHT, z], np.float32)
-    hits, depth, rgb_lin = _render_view(street, origin, cam, 0.0, cond, beta, rng)
-    prev_origin = origin - np.array([0, 0, speed * EVENT_DT], np.float32)
-    _, _, prev_lin = _render_view(street, prev_origin, cam, -yaw_rate * EVENT_DT, cond, beta, rng)
+    hits, rays, depth, rgb_lin, radiance = _render_view(street, origin, cam, 0.0, cond, beta, rng)
     rgb_lin = _corner_rgb(rgb_lin, case, rng)
-    prev_lin = _corner_rgb(prev_lin, case, np.random.default_rng([seed, fs.scene_index, fs.frame_in_scene, 8]))
     rgb = _to_u8(rgb_lin)
-    prev = _to_u8(prev_lin)
     label = hits.label.astype(np.uint8)
     stamp = fs.index * 0.1
-    # events: from the grey images, at half resolution for the low-resolution case
-    g0, g1 = _gray(prev), _gray(rgb)
+    # events: the scene radiance (before the camera's noise, clipping and exposure: the DVS is a separate HDR
+    # sensor, so over-/underexposure and motion blur do not reach it), under ego-motion and object motion
+    prev_radiance = _warp_to_previous(hits, rays, radiance, cam, origin, speed, yaw_rate, EVENT_DT,
+                                      street.boxes.velocity)
     ev_h, ev_w = size, size
     if case == "eventlowres":
         ev_h, ev_w = size // 2, size // 2
-        g0 = cv2.resize(g0, (ev_w, ev_h), interpolation=cv2.INTER_AREA)
-        g1 = cv2.resize(g1, (ev_w, ev_h), interpolation=cv2.INTER_AREA)
-    events = events_from_images(g0, g1, EVENT_THRESHOLD, stamp - EVENT_DT, stamp, rng)
+    events = simulate_events(radiance, prev_radiance, (ev_h, ev_w), stamp - EVENT_DT, stamp, cond, seed, rng)
     event_frame = events_to_frame(events[:, 0], events[:, 1], events[:, 2], events[:, 3], ev_h, ev_w, stamp, EVENT_DT)
     # LiDAR: cast from the LiDAR origin, points in the LiDAR frame
     l_origin = origin + np.asarray(LIDAR_OFFSET, np.float32)
