@@ -274,9 +274,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--simplify", choices=["onnxslim"], help="run onnxslim after export (must be installed)")
     p.add_argument("--threads", type=int, default=0, help="torch and ORT CPU threads (0 = library default)")
     p.add_argument("--engine", nargs="?", const="", default=None, metavar="DIR",
-                   help="also build a TensorRT engine (+ sidecar) into DIR (default: beside the ONNX); "
-                        "needs TensorRT and a CUDA GPU")
-    p.add_argument("--fp16", action="store_true", help="with --engine: FP16 engine (FP16 ONNX, strongly typed)")
+                   help="also build a TensorRT engine (+ sidecar) into DIR (default: beside the ONNX), with "
+                        "`python -m equiseg_ros.inference.build_engine`, under the name the node looks for with the "
+                        "same precision and engine.cache_dir; needs TensorRT and a CUDA GPU")
+    prec = p.add_mutually_exclusive_group()
+    prec.add_argument("--fp16", action="store_true", help="with --engine: FP16 engine (FP16 graph, strongly typed)")
+    prec.add_argument("--int8-calib", metavar="DIR", help="with --engine: INT8 engine calibrated on DIR/*.npz frames")
     p.add_argument("--workspace", type=int, default=2048, help="with --engine: builder workspace limit in MB")
     return p.parse_args(argv)
 
@@ -300,7 +303,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.engine is not None:
         from equiseg_ros.inference.build_engine import main as build_main
 
-        build = ["--onnx", args.out, "--workspace", str(args.workspace)] + (["--fp16"] if args.fp16 else [])
+        build = ["--onnx", args.out, "--workspace", str(args.workspace)]
+        build += ["--fp16"] if args.fp16 else ["--int8-calib", args.int8_calib] if args.int8_calib else []
         return build_main(build + (["--cache-dir", args.engine] if args.engine else []))
     return 0
 

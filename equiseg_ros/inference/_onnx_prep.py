@@ -1,25 +1,30 @@
-"""ONNX preparation for TensorRT engines: the optimisation profile, and precision moved into the graph.
+"""ONNX preparation for TensorRT engines: the optimisation profile, the cache request, precision in the graph.
 
 TensorRT 10.12 deprecates the weak-typing precision flags (``BuilderFlag.FP16``) and 11.0 removes them: a strongly
-typed network takes every tensor's type from the ONNX. So an FP16 engine needs an FP16 ONNX. :func:`to_mixed_fp16`
-rewrites the heavy ops (Conv, ConvTranspose, MatMul, Gemm) to run in FP16 with FP32 at their boundaries: the bulk
-of the arithmetic goes to FP16 tensor cores while normalisation, softmax, resize and shape arithmetic stay FP32
-(shape arithmetic in FP16 would be wrong beyond 2048 pixels). This is the same split mixed-precision autocasting
-makes; NVIDIA's ModelOpt AutoCast is the heavier tool for the same job. Requires the ``onnx`` package.
+typed network takes every tensor's type from the ONNX. So an FP16 engine is built from an FP16 graph
+(:func:`equiseg_ros.inference._fp16.to_fp16`: FP16 end to end, statistics and shape arithmetic FP32) and an INT8
+engine from a Q/DQ graph (:func:`quantize_qdq`). :func:`graph_recipe` names how that graph is made, for the cache
+key. Only the fp16/int8 paths need the ``onnx`` / ``onnxruntime`` packages, and they import them on call.
+
+Optimisation profile: one shape per engine (min = opt = max). A vehicle feeds one camera size, and a single-shape
+profile lets TensorRT pick kernels for exactly that shape. A static ONNX needs no profile at all: the builder adds
+one only for inputs that have dynamic dimensions (see ``tensorrt_backend``), and a static ONNX built for another
+size is refused here with a clear message.
 """
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
+import inspect
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from equiseg_ros.inference._onnx_meta import OnnxInfo, read_onnx_info
-from equiseg_ros.inference.backend import BackendError, read_onnx_spec
+from equiseg_ros.inference.backend import read_onnx_spec
 from equiseg_ros.inference.engine_cache import EngineRequest, sha256_file
-
-FP16_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
-_FLOAT, _FLOAT16 = 1, 10  # onnx.TensorProto.FLOAT / FLOAT16
+from equiseg_ros.inference.errors import BackendError
 
 
 def profile_shapes(info: OnnxInfo, size: tuple[int, int] | None, batch: int, default_hw: tuple[int, int],
@@ -54,90 +59,57 @@ def profile_shapes(info: OnnxInfo, size: tuple[int, int] | None, batch: int, def
     return out
 
 
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "missing"
+
+
+def _source(obj: Any) -> str:
+    try:
+        return inspect.getsource(obj)
+    except (OSError, TypeError):  # no source on disk (zipped install): fall back to the module name
+        return getattr(obj, "__name__", repr(obj))
+
+
+def graph_recipe(precision: str) -> str:
+    """A hash of how the graph TensorRT parses is made from the exported ONNX: the code of the FP16 rewrite or of
+    the INT8 quantiser (and its options), and the versions of onnx / onnxruntime that run it. Part of the engine
+    key, so an engine built from an older recipe is rebuilt. Cheap: imports neither onnx nor onnxruntime."""
+    if precision == "fp32":
+        return "fp32:as-exported"
+    if precision == "fp16":
+        from equiseg_ros.inference import _fp16
+
+        parts = ["fp16", _source(_fp16), _version("onnx")]
+    elif precision == "int8":
+        parts = ["int8", QDQ_RECIPE, _source(quantize_qdq), _source(calibration_files), _version("onnx"),
+                 _version("onnxruntime") if _version("onnxruntime") != "missing" else _version("onnxruntime-gpu")]
+    else:
+        raise BackendError(f"precision: expected fp32, fp16 or int8, got {precision!r}")
+    return f"{precision}:" + hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:16]
+
+
 def request_for_onnx(onnx_path: str | Path, precision: str = "fp32", size: tuple[int, int] | None = None,
-                     batch: int = 1, calibration_sha256: str | None = None) -> EngineRequest:
-    """The cache request for an exported ONNX (spec from its metadata, hash of its bytes)."""
+                     batch: int = 1, calibration_sha256: str | None = None, *,
+                     calibration_dir: str | Path | None = None, prepared_onnx: str | Path | None = None
+                     ) -> EngineRequest:
+    """The cache request for an exported ONNX (spec from its metadata, hash of its bytes, the graph recipe)."""
     onnx_path = Path(onnx_path)
     spec = read_onnx_spec(onnx_path)
     shapes = profile_shapes(read_onnx_info(onnx_path), size, batch, tuple(spec.input_size), onnx_path)
     return EngineRequest(onnx_sha256=sha256_file(onnx_path), spec=spec, precision=precision, input_shapes=shapes,
-                         calibration_sha256=calibration_sha256)
+                         calibration_sha256=calibration_sha256, graph_recipe=graph_recipe(precision),
+                         calibration_dir=str(Path(calibration_dir).resolve()) if calibration_dir else None,
+                         prepared_onnx=str(prepared_onnx) if prepared_onnx else None)
 
 
-def to_mixed_fp16(model: Any, ops: tuple[str, ...] = FP16_OPS) -> Any:
-    """Return a copy of ``model`` (onnx.ModelProto) whose ``ops`` compute in FP16 with FP32 tensors outside them.
+def to_fp16(model: Any) -> Any:
+    """FP16 end to end (see ``_fp16.to_fp16``)."""
+    from equiseg_ros.inference._fp16 import to_fp16 as convert
 
-    Weights of those ops become FP16 initializers (halving their size); activations are cast at the boundary.
-    Graph inputs and outputs keep their types, so the deployed interface is unchanged.
-    """
-    import onnx
-    from onnx import helper, numpy_helper
-
-    model = onnx.ModelProto.FromString(model.SerializeToString())
-    g = model.graph
-    inits = {t.name: t for t in g.initializer}
-    consumers: dict[str, int] = {}
-    for n in g.node:
-        for i in n.input:
-            consumers[i] = consumers.get(i, 0) + 1
-    new_nodes = []
-    half_inits: dict[str, str] = {}
-    count = 0
-    for node in g.node:
-        if node.op_type not in ops:
-            new_nodes.append(node)
-            continue
-        count += 1
-        for k, name in enumerate(node.input):
-            if not name:
-                continue
-            if name in inits and inits[name].data_type == _FLOAT:
-                if name not in half_inits:  # a weight: store an FP16 copy (shared if several heavy ops use it)
-                    arr = numpy_helper.to_array(inits[name]).astype(np.float16)
-                    half = f"{name}__fp16"
-                    g.initializer.append(numpy_helper.from_array(arr, half))
-                    half_inits[name] = half
-                node.input[k] = half_inits[name]
-            else:  # an activation (assumed FP32, as the exporter writes it): cast in
-                cast_out = f"{name}__to_fp16_{count}_{k}"
-                new_nodes.append(helper.make_node("Cast", [name], [cast_out], to=_FLOAT16,
-                                                  name=f"{node.name or node.op_type}_in{k}_fp16"))
-                node.input[k] = cast_out
-        new_nodes.append(node)
-        for k, name in enumerate(node.output):
-            half_out = f"{name}__fp16"
-            node.output[k] = half_out
-            new_nodes.append(helper.make_node("Cast", [half_out], [name], to=_FLOAT,
-                                              name=f"{node.name or node.op_type}_out{k}_fp32"))
-    # Drop FP32 weights no longer used by anything.
-    still_used = {i for n in new_nodes for i in n.input}
-    keep = [t for t in g.initializer if t.name in still_used or t.name in {o.name for o in g.output}]
-    del g.initializer[:]
-    g.initializer.extend(keep)
-    del g.node[:]
-    g.node.extend(_toposort(new_nodes, {i.name for i in g.input} | {t.name for t in g.initializer}))
-    del g.value_info[:]  # stale types; re-inferred below
-    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
-    onnx.checker.check_model(model)
-    return model
-
-
-def _toposort(nodes: list[Any], available: set[str]) -> list[Any]:
-    """Order nodes so every input is produced before use (Cast nodes were appended around their op)."""
-    ready = set(available) | {""}
-    out, pending = [], list(nodes)
-    while pending:
-        rest = []
-        for n in pending:
-            if all(i in ready for i in n.input):
-                out.append(n)
-                ready.update(n.output)
-            else:
-                rest.append(n)
-        if len(rest) == len(pending):
-            raise BackendError(f"ONNX graph has a cycle or undefined inputs near {rest[0].name!r}")
-        pending = rest
-    return out
+    return convert(model)
 
 
 # ---- INT8 by explicit quantization (Q/DQ), the route strongly typed TensorRT accepts ---------------------

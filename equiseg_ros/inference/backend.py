@@ -18,6 +18,15 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from equiseg_ros.inference._onnx_meta import OnnxFormatError, OnnxInfo, read_onnx_info
+from equiseg_ros.inference._sidecar import engine_onnx
+from equiseg_ros.inference.errors import (  # noqa: F401  (re-exported: callers import the errors from here)
+    BackendError,
+    BackendUnavailable,
+    BuildCancelled,
+    EngineBuildError,
+    InputError,
+    ModelFileNotFound,
+)
 from equiseg_ros.spec import ModelSpec, SpecError
 
 log = logging.getLogger("equiseg_ros.inference")
@@ -32,25 +41,6 @@ ONNX_SUFFIXES = (".onnx",)
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
 DEFAULT_PREFER = ("tensorrt", "onnxruntime", "torch")
-
-
-class BackendError(RuntimeError):
-    """A model cannot be loaded or run; the message names the file and the reason."""
-
-
-class BackendUnavailable(BackendError):
-    """This backend cannot run here (library not installed, no CUDA device, engine built for another GPU...).
-
-    ``load_backend`` treats it as a reason to fall back to the next backend; other errors propagate.
-    """
-
-
-class ModelFileNotFound(BackendError, FileNotFoundError):
-    """The model path does not exist."""
-
-
-class InputError(ValueError):
-    """``infer`` got an input of the wrong shape or dtype; the message gives expected vs got."""
 
 
 class Backend(ABC):
@@ -236,32 +226,38 @@ def backend_class(name: str) -> type[Backend]:
     return getattr(importlib.import_module(module), cls)
 
 
-def _engine_onnx(path: Path) -> Path:
-    """The ONNX file an engine was built from, as recorded in its sidecar (for the ONNX Runtime fallback)."""
-    from equiseg_ros.inference.engine_cache import EngineCacheError, read_sidecar, sidecar_path
-
-    try:
-        side = read_sidecar(sidecar_path(path))
-    except EngineCacheError as exc:
-        raise BackendUnavailable(str(exc)) from None
-    onnx = side.get("onnx_path")
-    candidates = [Path(onnx)] if onnx else []
-    if side.get("onnx_file"):
-        candidates.append(path.parent / side["onnx_file"])
-    for c in candidates:
-        if c.is_file():
-            return c
-    raise BackendUnavailable(f"{path}: the ONNX it was built from ({[str(c) for c in candidates]}) is not there")
-
-
 def load_backend(path: str | Path, prefer: Sequence[str] | str = DEFAULT_PREFER, **options: Any) -> Backend:
     """Open ``path`` with the first backend of ``prefer`` that can run it here.
 
     By type: ``.onnx`` → TensorRT (engine built or reused from the cache) or ONNX Runtime; ``.engine/.plan`` →
     TensorRT, else ONNX Runtime on the ONNX named in its sidecar; ``.pt/.pth/.ckpt`` → PyTorch. A backend that is
-    unavailable here is skipped; one log line says which backend was chosen and why the others were not.
-    ``options`` go to the backends that declare them (``intra_op_threads``, ``providers``, ``device``,
-    ``cache_dir``, ``precision``, ``rebuild``...); an option no backend knows is an error.
+    unavailable here is skipped; one log line says which backend was chosen and why the others were not. Every
+    TensorRT failure on the way (no TensorRT or libcudart, parser errors, a build or deserialisation that returns
+    nothing, no execution context, out of device memory, unexpected engine outputs) is such a reason: the node then
+    runs ONNX Runtime instead of exiting. An engine that fails to deserialise is rebuilt once (when building is
+    allowed) before falling back.
+
+    ``options`` go to the backends that declare them; an option no backend knows is a ``TypeError``:
+
+    - ``intra_op_threads`` (ONNX Runtime, PyTorch): CPU threads, 0 = library default.
+    - ``precision``: ``"fp32"`` | ``"fp16"`` | ``"int8"``, the TensorRT engine to use or build (and the ORT
+      TensorRT EP's). The engine is ``<cache_dir or beside the ONNX>/<stem>.<precision>.<gpu tag>.<H>x<W>b<B>.engine``
+      (``engine_cache.engine_path_for``), the very name ``build_engine`` and ``export.py --engine`` write.
+    - ``cache_dir``: folder of engines, sidecars and the timing cache (default: beside the ONNX).
+    - ``build_on_start`` (TensorRT, default True): when False and no matching prebuilt engine is found, do not
+      build; raise ``BackendUnavailable`` naming the ``build_engine`` command to run, so the chain goes on to ONNX
+      Runtime. ``rebuild=False`` is the older spelling of the same switch.
+    - ``int8_calib`` (TensorRT): folder of calibration frames for an INT8 build (``*.npz``, ``x`` [M,3,H,W]).
+    - ``size`` (H, W) and ``batch`` (TensorRT): the engine's input shape for a dynamic ONNX.
+    - ``on_progress`` (TensorRT): ``Callable[[str], None]`` called with short human-readable lines while an engine
+      is built (why it is built, graph preparation, TensorRT phases with ``step i/n`` from an IProgressMonitor, the
+      result and the time taken), for /rosout and diagnostics. May be called from TensorRT's threads; keep it quick.
+      The same lines go to the ``equiseg_ros.inference`` logger. Exceptions it raises are logged and ignored.
+    - ``cancel`` (TensorRT): ``threading.Event``; once set, the progress monitor asks TensorRT to stop (its
+      ``step_complete`` returns False) and the build raises ``BuildCancelled`` (not a fallback). What the timing
+      cache learned so far is saved atomically after every build, finished, failed or cancelled.
+    - ``device_id``, ``workspace_mb`` (TensorRT), ``providers``, ``inter_op_threads`` (ONNX Runtime), ``device``,
+      ``torch_threads`` (PyTorch), ``timing_window`` (all).
     """
     path = Path(path)
     if not path.exists():
@@ -288,7 +284,7 @@ def load_backend(path: str | Path, prefer: Sequence[str] | str = DEFAULT_PREFER,
         try:
             target = path
             if kind == "engine" and name != "tensorrt":
-                target = _engine_onnx(path)
+                target = engine_onnx(path)
             reason = cls.unavailable_reason()
             if reason:
                 raise BackendUnavailable(reason)

@@ -1,37 +1,44 @@
-"""TensorRT engine cache: an engine is only ever run on the GPU, TensorRT and model it was built for.
+"""TensorRT engine cache: an engine is only ever run on the GPU, TensorRT and graph it was built for.
 
-Engines are not portable across TensorRT versions or GPU architectures (TensorRT support matrix), and the ROS anchors
-either rebuild on every start (Isaac ROS) or never check (Autoware, jetson-inference). Here every engine sits beside
-a sidecar JSON recording what it was built from and for: the spec, the ONNX's SHA-256, the TensorRT version, GPU
-name and compute capability, precision, input shapes (and the engine's own SHA-256, so a truncated or swapped file
-is caught). The cache key hashes all of these. On a mismatch the cache rebuilds, or, when rebuilding is disabled,
-refuses with a message that names every field that differs.
+Engines are not portable across TensorRT versions or GPUs (TensorRT support matrix), and the ROS anchors either
+rebuild on every start (Isaac ROS) or never check (Autoware, jetson-inference). Here every engine sits beside a
+sidecar JSON (format in ``_sidecar``) recording what it was built from and for, and the cache key hashes all of it:
+
+- the source ONNX's SHA-256, the spec, precision and the input shapes of its single optimisation profile;
+- the *graph recipe*: what turns the source ONNX into the graph TensorRT parses (the FP16 rewrite's code, the INT8
+  quantiser's code and options, the onnx / onnxruntime versions that run them, the calibration set). A change to
+  any of these rebuilds, so a stale fp16/int8 engine is never reused after an upgrade;
+- the device: TensorRT version, GPU name, compute capability, multiprocessor count and total memory (AGX Orin,
+  Orin NX and Orin Nano all say "Orin"/sm87; the SM count and memory tell them apart).
+
+File names carry the precision, a device tag and the input size, so one model folder holds engines for several
+GPUs and sizes side by side: ``<stem>.<precision>.<gpu>-sm<XY>-<N>sm-<G>g.<H>x<W>b<B>.engine``. On a mismatch the
+cache rebuilds or, when building is not allowed here, refuses with every differing field and the command to run.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from equiseg_ros.checkpoint import atomic_write
-from equiseg_ros.inference.backend import BackendError, BackendUnavailable
-from equiseg_ros.spec import ModelSpec, SpecError
+from equiseg_ros.inference._sidecar import (  # noqa: F401  (re-exported)
+    KEY_FIELD_NAMES,
+    SIDECAR_FORMAT,
+    read_sidecar,
+    sidecar_path,
+    sidecar_spec,
+)
+from equiseg_ros.inference.errors import EngineCacheError, EngineMismatchError  # noqa: F401  (re-exported)
+from equiseg_ros.spec import ModelSpec
 
 log = logging.getLogger("equiseg_ros.inference")
-SIDECAR_FORMAT = "equiseg_ros.engine/1"
 PRECISIONS = ("fp32", "fp16", "int8")
-
-
-class EngineCacheError(BackendError):
-    """A sidecar is missing or unreadable."""
-
-
-class EngineMismatchError(BackendUnavailable):
-    """The cached engine does not match this machine or model and rebuilding is disabled."""
 
 
 @dataclass(frozen=True)
@@ -40,27 +47,46 @@ class DeviceInfo:
 
     gpu_name: str
     compute_capability: str  # "8.7"
-    tensorrt_version: str  # "10.9.0.34"
+    tensorrt_version: str  # "10.3.0.30"
+    multiprocessors: int = 0  # SM count: 16 on AGX Orin 64 GB, 8 on Orin NX 16 GB, 4..8 on Orin Nano
+    total_memory_mib: int = 0
 
     @property
     def sm(self) -> str:
         return "sm" + self.compute_capability.replace(".", "")
 
+    @property
+    def tag(self) -> str:
+        """Short file-name tag naming this GPU: ``orin-sm87-16sm-61g``."""
+        name = re.sub(r"^nvidia[ _-]*", "", self.gpu_name.strip().lower())
+        slug = re.sub(r"[^a-z0-9]+", "-", re.sub(r"\(.*?\)", "", name)).strip("-")[:24] or "gpu"
+        gib = round(self.total_memory_mib / 1024) if self.total_memory_mib else 0
+        return f"{slug}-{self.sm}-{self.multiprocessors}sm-{gib}g"
+
 
 @dataclass(frozen=True)
 class EngineRequest:
-    """What an engine must be built from: the ONNX, its spec, precision and the optimisation profile."""
+    """What an engine must be built from: the ONNX, its spec, precision, profile and the graph recipe."""
 
     onnx_sha256: str
     spec: ModelSpec
     precision: str = "fp32"
-    # input name -> {"min": shape, "opt": shape, "max": shape}; static inputs have min == opt == max
+    # input name -> {"min": shape, "opt": shape, "max": shape}; one shape per engine (min == opt == max)
     input_shapes: dict[str, dict[str, list[int]]] = field(default_factory=dict)
     calibration_sha256: str | None = None  # int8: which calibration frames produced the Q/DQ scales
+    graph_recipe: str = "fp32"  # hash of how the parsed graph is made from the ONNX (see _onnx_prep.graph_recipe)
+    # Not part of the key: where an int8 build finds its calibration frames, and its Q/DQ graph once made.
+    calibration_dir: str | None = None
+    prepared_onnx: str | None = None
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision: expected one of {PRECISIONS}, got {self.precision!r}")
+
+    @property
+    def hw_batch(self) -> tuple[int, int, int] | None:
+        x = self.input_shapes.get("x", {}).get("opt")
+        return (int(x[3]), int(x[4]), int(x[0])) if x and len(x) == 5 else None
 
 
 def _canonical(obj: Any) -> str:
@@ -76,34 +102,55 @@ def key_fields(req: EngineRequest, dev: DeviceInfo) -> dict[str, Any]:
         "precision": req.precision,
         "input_shapes": req.input_shapes,
         "calibration_sha256": req.calibration_sha256,
+        "graph_recipe": req.graph_recipe,
         "tensorrt_version": dev.tensorrt_version,
         "gpu_name": dev.gpu_name,
         "compute_capability": dev.compute_capability,
+        "multiprocessors": dev.multiprocessors,
+        "total_memory_mib": dev.total_memory_mib,
     }
+
+
+def key_fields_names() -> tuple[str, ...]:
+    return KEY_FIELD_NAMES
 
 
 def cache_key(req: EngineRequest, dev: DeviceInfo) -> str:
     return hashlib.sha256(_canonical(key_fields(req, dev)).encode()).hexdigest()[:24]
 
 
-def sidecar_path(engine_path: str | Path) -> Path:
-    p = Path(engine_path)
-    return p.with_name(p.name + ".json")
-
-
-def engine_path_for(onnx_path: str | Path, precision: str, dev: DeviceInfo,
+def engine_path_for(onnx_path: str | Path, req: EngineRequest, dev: DeviceInfo,
                     cache_dir: str | Path | None = None) -> Path:
-    """``<cache_dir or beside the ONNX>/<stem>.<precision>.<smXY>.engine``: one slot per model, precision and GPU
-    architecture, so a shared model folder can hold engines for several vehicles."""
+    """THE engine file name, used by the loader, ``build_engine`` and ``export.py --engine`` alike:
+    ``<cache_dir or beside the ONNX>/<stem>.<precision>.<device tag>.<H>x<W>b<B>.engine``."""
     onnx_path = Path(onnx_path)
     folder = Path(cache_dir) if cache_dir else onnx_path.parent
-    return folder / f"{onnx_path.stem}.{precision}.{dev.sm}.engine"
+    hwb = req.hw_batch
+    size = f".{hwb[0]}x{hwb[1]}b{hwb[2]}" if hwb else ""
+    return folder / f"{onnx_path.stem}.{req.precision}.{dev.tag}{size}.engine"
 
 
-def timing_cache_path(engine_path: str | Path, dev: DeviceInfo) -> Path:
-    """Kept beside the engine; TensorRT only reuses a timing cache of the exact same version."""
-    p = Path(engine_path)
-    return p.parent / f"{p.stem.split('.')[0]}.{dev.sm}.trt{dev.tensorrt_version}.timing.cache"
+def timing_cache_path(folder: str | Path, dev: DeviceInfo) -> Path:
+    """One timing cache per device and TensorRT version in an engine folder (shared by its models): TensorRT
+    refuses a cache from another version or another device's properties, so the file name carries both."""
+    return Path(folder) / f"trt{dev.tensorrt_version}.{dev.tag}.timing.cache"
+
+
+def build_command(onnx_path: str | Path, req: EngineRequest, cache_dir: str | Path | None) -> str:
+    """The command that builds exactly the engine ``req`` asks for on this machine."""
+    parts = ["python -m equiseg_ros.inference.build_engine", f"--onnx {onnx_path}"]
+    if req.precision == "fp16":
+        parts.append("--fp16")
+    elif req.precision == "int8":
+        parts.append(f"--int8-calib {req.calibration_dir or 'CALIB_DIR'}")
+    if cache_dir:
+        parts.append(f"--cache-dir {cache_dir}")
+    hwb = req.hw_batch
+    if hwb:
+        parts.append(f"--size {hwb[0]} {hwb[1]}")
+        if hwb[2] != 1:
+            parts.append(f"--batch {hwb[2]}")
+    return " ".join(parts)
 
 
 def make_sidecar(req: EngineRequest, dev: DeviceInfo, engine_sha256: str, onnx_path: str | Path,
@@ -116,40 +163,10 @@ def make_sidecar(req: EngineRequest, dev: DeviceInfo, engine_sha256: str, onnx_p
     return side
 
 
-def read_sidecar(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise EngineCacheError(f"{path}: engine sidecar not found (an engine without its sidecar is never run)")
-    try:
-        side = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise EngineCacheError(f"{path}: sidecar is not valid JSON ({exc})") from None
-    if not isinstance(side, dict) or side.get("format") != SIDECAR_FORMAT:
-        found = side.get("format") if isinstance(side, dict) else None
-        raise EngineCacheError(f"{path}: not an equiseg_ros engine sidecar (format {found!r}, "
-                               f"expected {SIDECAR_FORMAT!r})")
-    missing = [k for k in ("key", "spec", "engine_sha256", *key_fields_names()) if k not in side]
-    if missing:
-        raise EngineCacheError(f"{path}: sidecar lacks {missing}")
-    return side
-
-
-def key_fields_names() -> tuple[str, ...]:
-    return ("onnx_sha256", "spec_sha256", "precision", "input_shapes", "tensorrt_version", "gpu_name",
-            "compute_capability")
-
-
-def sidecar_spec(side: dict[str, Any], where: str | Path = "sidecar") -> ModelSpec:
-    try:
-        return ModelSpec.from_dict(side["spec"])
-    except SpecError as exc:
-        raise EngineCacheError(f"{where}: invalid spec in engine sidecar: {exc}") from None
-
-
 def device_mismatches(side: dict[str, Any], dev: DeviceInfo) -> list[str]:
     """Fields where the engine's build machine differs from ``dev`` (for an engine loaded directly)."""
     out = []
-    for name in ("tensorrt_version", "gpu_name", "compute_capability"):
+    for name in ("tensorrt_version", "gpu_name", "compute_capability", "multiprocessors", "total_memory_mib"):
         if side.get(name) != getattr(dev, name):
             out.append(f"{name}: engine built for {side.get(name)!r}, this machine has {getattr(dev, name)!r}")
     return out
@@ -204,7 +221,7 @@ class EngineCache:
 
     def lookup(self, onnx_path: str | Path, req: EngineRequest, dev: DeviceInfo) -> tuple[Path, list[str]]:
         """(engine path, reasons it cannot be used); no reasons = cache hit."""
-        engine = engine_path_for(onnx_path, req.precision, dev, self.cache_dir)
+        engine = engine_path_for(onnx_path, req, dev, self.cache_dir)
         if not engine.exists():
             return engine, [f"no engine at {engine}"]
         try:
@@ -213,21 +230,33 @@ class EngineCache:
             return engine, [str(exc)]
         return engine, mismatches(side, req, dev) + check_engine_file(engine, side)
 
-    def resolve(self, onnx_path: str | Path, req: EngineRequest, dev: DeviceInfo, builder: Builder,
+    def resolve(self, onnx_path: str | Path, req: EngineRequest, dev: DeviceInfo, builder: Builder, *,
+                force: str | None = None, on_progress: Callable[[str], None] | None = None,
                 **sidecar_extra: Any) -> CacheResult:
+        """The cached engine, or a new one from ``builder``. ``force`` (a reason) rebuilds even on a cache hit,
+        e.g. after TensorRT failed to deserialise the cached engine."""
         onnx_path = Path(onnx_path)
         engine, problems = self.lookup(onnx_path, req, dev)
+        if force:
+            problems = [force] + problems
         if not problems:
             return CacheResult(engine, read_sidecar(sidecar_path(engine)), False, "cache hit")
         reason = "; ".join(problems)
         if not self.rebuild:
-            raise EngineMismatchError(f"{engine}: cannot use the cached TensorRT engine ({reason}) and rebuilding "
-                                      "is disabled; build it on this machine with `python -m "
-                                      f"equiseg_ros.inference.build_engine --onnx {onnx_path}`")
-        log.warning("building TensorRT engine %s (%s); this can take minutes", engine.name, reason)
+            raise EngineMismatchError(f"{engine}: no usable prebuilt TensorRT engine ({reason}) and building on "
+                                      f"start is disabled; build it on this machine with `"
+                                      f"{build_command(onnx_path, req, self.cache_dir)}`")
+        msg = f"building TensorRT engine {engine.name} ({reason}); this can take minutes"
+        log.warning(msg)
+        if on_progress is not None:
+            try:
+                on_progress(msg)
+            except Exception:  # a reporting problem must never stop the build
+                log.exception("on_progress callback failed")
         t0 = time.perf_counter()
-        data = builder(onnx_path, req, timing_cache_path(engine, dev))
+        data = builder(onnx_path, req, timing_cache_path(engine.parent, dev))
         seconds = round(time.perf_counter() - t0, 2)
+        engine.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(engine, lambda f: f.write(data))
         side = make_sidecar(req, dev, hashlib.sha256(data).hexdigest(), onnx_path, build_seconds=seconds,
                             **sidecar_extra)
@@ -239,5 +268,3 @@ class EngineCache:
 def describe(side: dict[str, Any]) -> dict[str, Any]:
     """The sidecar without the bulky spec, for logs."""
     return {k: v for k, v in side.items() if k != "spec"} | {"spec": side.get("spec", {}).get("name")}
-
-
