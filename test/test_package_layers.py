@@ -9,7 +9,6 @@ not dependencies, and are not seen here.
 from __future__ import annotations
 
 import ast
-import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -34,16 +33,6 @@ FLOOR_NAMES = ["spec", "sensors", "data", "models/evaluation", "inference", "ros
 NO_ROS_UP_TO = FLOORS["inference"]  # models, data, evaluation, inference, sensors (and spec) never import ROS
 ROS_PACKAGES = {"rclpy", "rosidl_runtime_py", "rosbag2_py", "tf2_ros", "message_filters", "launch", "launch_ros",
                 "cv_bridge", "sensor_msgs_py", "image_transport"}
-
-# Circles that exist on main while another helper removes them. Each entry is the set of modules of one circle
-# (a strongly connected component may be a subset of an entry, never larger). The lead deletes an entry at
-# integration once its fix has landed; a stale entry is reported as a warning by the test below.
-KNOWN_CYCLES: dict[frozenset[str], str] = {
-    frozenset({"equiseg_ros.inference.backend", "equiseg_ros.inference.engine_cache"}):
-        "issue 13.8, removed by the TensorRT helper (errors and sidecar helpers move below both)",
-    # ros.pipeline <-> ros.node (issue 13.8, node helper) is already gone on main (Decoded lives in pipeline.py).
-}
-
 
 @dataclass(frozen=True)
 class Import:
@@ -197,19 +186,13 @@ def test_dependencies_point_down() -> None:
                     "floor):\n" + "\n".join(up))
 
 
-def test_no_import_circles_except_the_known_ones() -> None:
-    new, seen = [], set()
+def test_no_import_circles() -> None:
+    new = []
     for comp in _cycles():
-        allowed = [k for k in KNOWN_CYCLES if comp <= k]
-        seen.update(allowed)
-        if not allowed:
-            inside = sorted({f"  {_where(i)}: {i.source} -> {i.target}{' (lazy)' if i.lazy else ''}"
-                             for i in _imports()[0] if i.source in comp and i.target in comp})
-            new.append(" <-> ".join(sorted(comp)) + "\n" + "\n".join(inside))
+        inside = sorted({f"  {_where(i)}: {i.source} -> {i.target}{' (lazy)' if i.lazy else ''}"
+                         for i in _imports()[0] if i.source in comp and i.target in comp})
+        new.append(" <-> ".join(sorted(comp)) + "\n" + "\n".join(inside))
     assert not new, "import circles (a type or rule two modules share lives below both):\n" + "\n".join(new)
-    for stale in set(KNOWN_CYCLES) - seen:
-        warnings.warn(f"KNOWN_CYCLES entry {sorted(stale)} is no longer a circle ({KNOWN_CYCLES[stale]}): "
-                      f"delete it from {Path(__file__).name}", stacklevel=1)
 
 
 def test_no_ros_below_ros_and_never_training() -> None:
