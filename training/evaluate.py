@@ -162,10 +162,11 @@ def make_loader(data_cfg: DataConfig, spec: ModelSpec, split: str, batch_size: i
         raise EvalError(f"--data {cfg.dataset}: {data_spec.num_classes} classes, the model {spec.num_classes} "
                         f"(spec {spec.name!r}); evaluate a model on the dataset it was trained for")
     for mine, theirs in zip(data_spec.modalities, spec.modalities):
-        if (tuple(mine.mean), tuple(mine.std)) != (tuple(theirs.mean), tuple(theirs.std)):
-            raise EvalError(f"--data {cfg.dataset}: modality {mine.name!r} is normalised with mean {list(mine.mean)} "
-                            f"std {list(mine.std)}, the model expects mean {list(theirs.mean)} std {list(theirs.std)}")
-    ds = build_dataset(cfg, split, train=False)
+        if mine.representation != theirs.representation:
+            raise EvalError(f"--data {cfg.dataset}: modality {mine.name!r} is read as {mine.representation!r}, "
+                            f"the model takes {theirs.representation!r}")
+    # The representation comes from the data, the normalisation from the model (it is part of what it learned).
+    ds = build_dataset(cfg, split, train=False, spec=spec)
     if len(ds) == 0:
         raise EvalError(f"--data {cfg.root}: split {split!r} has no frames")
     data = ds if world <= 1 else Subset(ds, list(range(rank, len(ds), world)))

@@ -112,11 +112,16 @@ def _relabel(record: FrameRecord, dataset: str) -> FrameRecord:
     return replace(record, dataset=dataset)
 
 
-def build_dataset(data_cfg: Any, split: str, train: bool, seed: int | None = None) -> SegmentationDataset:
-    """Reader + transforms from a ``DataConfig``: training augmentation when ``train``, else the val resize."""
+def build_dataset(data_cfg: Any, split: str, train: bool, seed: int | None = None,
+                  spec: ModelSpec | None = None) -> SegmentationDataset:
+    """Reader + transforms from a ``DataConfig``: training augmentation when ``train``, else the val resize.
+
+    ``spec`` (default: the dataset's own) decides the modality order and normalisation of the samples, so a model
+    whose weights came with another normalisation (e.g. AnySeg's raw 0-255 MUSES inputs) is fed as it was trained.
+    """
     from equiseg_ros.data.transforms import TrainTransform, ValTransform
 
-    spec = data_cfg.spec()
+    spec = spec or data_cfg.spec()
     reader = make_reader(data_cfg, split)
     size = data_cfg.image_size
     square = data_cfg.dataset == "synthetic" or (data_cfg.dataset == "muses" and data_cfg.muses_resize == "square")
