@@ -371,10 +371,164 @@ def _break(modality: str, msg: Any, i: int) -> str:
     return kind
 
 
+# ---- the lifecycle driver ---------------------------------------------------------------------------------------
+TRANSITIONS = {"configure": 1, "cleanup": 2, "activate": 3, "deactivate": 4, "shutdown": 6}
+
+
+class LifecycleClient:
+    """Drives a managed node from another participant through its lifecycle services (what ``ros2 lifecycle set``
+    and lifecycle managers do): ``<node>/change_state``, ``<node>/get_state``."""
+
+    def __init__(self, node: Any, target: str) -> None:
+        from lifecycle_msgs.srv import ChangeState, GetState
+
+        self.node, self.target = node, target
+        self._change = node.create_client(ChangeState, f"{target}/change_state")
+        self._get = node.create_client(GetState, f"{target}/get_state")
+        self._types = (ChangeState, GetState)
+
+    def wait(self, timeout: float = 60.0) -> bool:
+        return self._change.wait_for_service(timeout_sec=timeout) and self._get.wait_for_service(timeout_sec=timeout)
+
+    def _call(self, client: Any, req: Any, timeout: float) -> Any:
+        import rclpy
+
+        fut = client.call_async(req)
+        rclpy.spin_until_future_complete(self.node, fut, timeout_sec=timeout)
+        if not fut.done():
+            raise TimeoutError(f"{client.srv_name}: no answer within {timeout} s")
+        return fut.result()
+
+    def change(self, transition: str, timeout: float = 60.0) -> bool:
+        req = self._types[0].Request()
+        req.transition.id = TRANSITIONS[transition]
+        return bool(self._call(self._change, req, timeout).success)
+
+    def state(self, timeout: float = 30.0) -> str:
+        return str(self._call(self._get, self._types[1].Request(), timeout).current_state.label)
+
+
+def lifecycle_cli(target: str, transitions: list[str]) -> int:
+    """``ros_helpers.py lifecycle NODE configure activate ...``: 0 when every transition succeeded."""
+    import rclpy
+
+    rclpy.init()
+    node = rclpy.create_node("equiseg_lifecycle_cli")
+    try:
+        client = LifecycleClient(node, target)
+        if not client.wait():
+            print(f"{target}: lifecycle services not found", file=sys.stderr)
+            return 1
+        for t in transitions:
+            ok = client.change(t)
+            print(f"{t}: {'ok' if ok else 'FAILED'} -> {client.state()}")
+            if not ok:
+                return 1
+        return 0
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+def _lifecycle_drive(scenario: dict[str, Any], out_path: str) -> None:
+    """Steps: {"do": transition} | {"set": {param: value}} | {"stream": seconds} | {"idle": seconds}. Sensors
+    (rgb8, metric depth 32FC1, event rgb8, LiDAR as an 8-bit image, CameraInfo) are published during "stream";
+    masks, transition events and /diagnostics are recorded with the index of the step they arrived in."""
+    import rclpy
+    from builtin_interfaces.msg import Time
+    from diagnostic_msgs.msg import DiagnosticArray
+    from lifecycle_msgs.msg import TransitionEvent
+    from rcl_interfaces.msg import Parameter as ParamMsg
+    from rcl_interfaces.msg import ParameterType, ParameterValue
+    from rcl_interfaces.srv import SetParameters
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import CameraInfo, Image
+
+    from equiseg_ros.ros import codecs
+    from equiseg_ros.ros.diagnostics import from_msg
+
+    rclpy.init()
+    node = rclpy.create_node("equiseg_lifecycle_driver")
+    target = scenario.get("node", NODE)
+    rate = float(scenario.get("rate", 10.0))
+    scene = Scene()
+    qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT)
+    pubs = {m: node.create_publisher(Image, f"/{m}/image", qos) for m in ("rgb", "depth", "event", "lidar")}
+    pub_info = node.create_publisher(CameraInfo, "/camera_info", qos)
+    record: dict[str, Any] = {"steps": [], "masks": [], "events": [], "diagnostics": [], "error": ""}
+    step = [-1]
+    out_qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    node.create_subscription(Image, f"{target}/mask", lambda m: record["masks"].append(
+        {"step": step[0], "t": time.time(), "stamp": codecs.stamp_to_sec(m.header)}), out_qos)
+    node.create_subscription(TransitionEvent, f"{target}/transition_event", lambda e: record["events"].append(
+        {"step": step[0], "start": e.start_state.label, "goal": e.goal_state.label}), 10)
+
+    def on_diag(msg: Any) -> None:
+        for st in from_msg(msg):
+            if st["name"].endswith(": inference"):
+                record["diagnostics"].append({"step": step[0], "message": st["message"], "values": st["values"]})
+
+    node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
+    client = LifecycleClient(node, target)
+    params = node.create_client(SetParameters, f"{target}/set_parameters")
+
+    def spin_for(seconds: float, publish: bool) -> None:
+        end, k, next_t = time.time() + seconds, 0, time.time()
+        while time.time() < end:
+            if publish and time.time() >= next_t:
+                ns = time.time_ns()
+                stamp = Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
+                msgs = {"rgb": codecs.fill_image(Image(), scene.rgb(k), "rgb8"),
+                        "depth": codecs.fill_image(Image(), scene.depth(k), "32FC1"),
+                        "event": codecs.fill_image(Image(), scene.rgb(k + 17)[:, :, ::-1].copy(), "rgb8"),
+                        "lidar": codecs.fill_image(Image(), scene.rgb(k + 5)[:, :, ::-1].copy(), "rgb8")}
+                for m, msg in msgs.items():
+                    msg.header.stamp, msg.header.frame_id = stamp, "camera"
+                    pubs[m].publish(msg)
+                info = CameraInfo(height=scene.h, width=scene.w)
+                info.k = [80.0, 0.0, scene.w / 2, 0.0, 80.0, scene.h / 2, 0.0, 0.0, 1.0]
+                info.header.stamp, info.header.frame_id = stamp, "camera"
+                pub_info.publish(info)
+                k += 1
+                next_t += 1.0 / rate
+            rclpy.spin_once(node, timeout_sec=0.01)
+
+    try:
+        if not client.wait(float(scenario.get("startup_timeout", 60.0))):
+            raise RuntimeError(f"{target}: lifecycle services did not appear")
+        record["initial_state"] = client.state()
+        for i, st in enumerate(scenario["steps"]):
+            step[0] = i
+            entry: dict[str, Any] = {"step": st, "t": time.time()}
+            if "do" in st:
+                entry["success"] = client.change(st["do"], timeout=float(scenario.get("transition_timeout", 90)))
+                entry["state"] = client.state()
+            elif "set" in st:
+                req = SetParameters.Request()
+                for name, value in st["set"].items():
+                    pv = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=str(value))
+                    req.parameters.append(ParamMsg(name=name, value=pv))
+                params.wait_for_service(timeout_sec=10.0)
+                fut = params.call_async(req)
+                rclpy.spin_until_future_complete(node, fut, timeout_sec=10.0)
+                entry["results"] = [{"successful": r.successful, "reason": r.reason} for r in fut.result().results]
+            else:
+                spin_for(float(st.get("stream", st.get("idle", 0.0))), "stream" in st)
+            entry["end"] = time.time()
+            record["steps"].append(entry)
+        spin_for(0.3, False)
+    except Exception as exc:  # noqa: BLE001 - reported to the test with the record so far
+        record["error"] = f"{type(exc).__name__}: {exc}"
+    Path(out_path).write_text(json.dumps(record))
+    node.destroy_node()
+    rclpy.try_shutdown()
+
+
 # ---- process helpers used by the tests and the benchmark ----------------------------------------------------
-def node_command(model: Path, *overrides: str, params_file: Path | None = PARAMS_FILE) -> list[str]:
-    """``perception_node --ros-args --params-file config/perception.yaml -p model_path:=... -p k:=v ...``."""
-    cmd = [str(NODE_EXE), "--ros-args"]
+def node_command(model: Path, *overrides: str, params_file: Path | None = PARAMS_FILE,
+                 managed: bool = False) -> list[str]:
+    """``perception_node [--managed] --ros-args --params-file config/perception.yaml -p model_path:=... -p k:=v``."""
+    cmd = [str(NODE_EXE)] + (["--managed"] if managed else []) + ["--ros-args"]
     if params_file is not None:
         cmd += ["--params-file", str(params_file)]
     cmd += ["-p", f"model_path:={model}"]
@@ -395,10 +549,16 @@ def main(argv: list[str]) -> int:
     if len(argv) == 3 and argv[0] == "drive":
         _drive(json.loads(Path(argv[1]).read_text()), argv[2])
         return 0
+    if len(argv) == 3 and argv[0] == "lifecycle-drive":
+        _lifecycle_drive(json.loads(Path(argv[1]).read_text()), argv[2])
+        return 0
+    if len(argv) >= 3 and argv[0] == "lifecycle":
+        return lifecycle_cli(argv[1], argv[2:])
     if len(argv) >= 2 and argv[0] == "export":
         export_tiny(Path(argv[1]), int(argv[2]) if len(argv) > 2 else 64)
         return 0
-    print("usage: ros_helpers.py drive SCENARIO.json RESULT.json | export OUT.onnx [SIZE]", file=sys.stderr)
+    print("usage: ros_helpers.py drive SCENARIO.json RESULT.json | lifecycle-drive SCENARIO.json RESULT.json | "
+          "lifecycle NODE TRANSITION... | export OUT.onnx [SIZE]", file=sys.stderr)
     return 2
 
 

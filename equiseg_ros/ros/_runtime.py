@@ -28,14 +28,12 @@ class Waker:
         os.set_blocking(self._r, False)
         self.signals: list[int] = []
         self.reason = ""
-        self._previous: dict[int, Any] = {}
-        self._old_fd: int | None = None
 
     def install(self) -> "Waker":
         """Take over SIGINT/SIGTERM (main thread only)."""
-        self._old_fd = signal.set_wakeup_fd(self._w, warn_on_full_buffer=False)
+        signal.set_wakeup_fd(self._w, warn_on_full_buffer=False)
         for sig in HANDLED:
-            self._previous[sig] = signal.signal(sig, self._on_signal)
+            signal.signal(sig, self._on_signal)
         return self
 
     def _on_signal(self, signum: int, frame: Any) -> None:
@@ -70,14 +68,12 @@ class Waker:
     def names(self) -> str:
         return ", ".join(signal.Signals(s).name for s in self.signals) or "none"
 
-    def restore(self) -> None:
-        """Give the previous handlers back (at the very end; later signals then behave as Python's default)."""
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        if self._old_fd is not None:
-            signal.set_wakeup_fd(self._old_fd)
-        os.close(self._r)
-        os.close(self._w)
+    def ignore_from_now(self) -> None:
+        """Ignore SIGINT/SIGTERM for the rest of the process (called when the node is down and the process exits:
+        CPython's finalisation puts Python-level handlers back to SIG_DFL, so a signal arriving then would kill
+        the process with -2 / -15 instead of letting it exit 0)."""
+        for sig in HANDLED:
+            signal.signal(sig, signal.SIG_IGN)
 
 
 def spin_in_thread(executor: Any, on_crash: Callable[[BaseException], None]) -> threading.Thread:

@@ -830,6 +830,8 @@ def main(argv: list[str] | None = None) -> int:
         node.destroy_node()
     finally:
         rclpy.try_shutdown()
+        waker.ignore_from_now()  # interpreter finalisation resets Python handlers to the default: a late signal
+        # would kill the exiting process (-2); ignored ones are left alone
     return code
 
 
