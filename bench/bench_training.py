@@ -1,4 +1,6 @@
-"""Training cost: RMMSS stage 2 vs supervised training of the same student, and throughput at 512² with MiT-B0.
+"""Training cost: RMMSS stage 2 vs supervised training of the same student, throughput at 512² with MiT-B0, and the
+images/s of every model of the issue-15 experiment at the experiment's size (``experiment`` in the JSON; the
+converged-experiment budget is planned from it: experiments/converged_experiment.py).
 
 Prints ONE JSON line. Each measurement runs in its own child process so peak memory is that configuration's alone
 (peak RSS of the child from ``wait4``; on CUDA also ``torch.cuda.max_memory_allocated``). Inputs are random tensors
@@ -7,6 +9,7 @@ initialised models of the student's architecture, so nothing needs to be trained
 
     python bench/bench_training.py                    # defaults: 256² batch 2 for the ratio, 512² batch 2 for images/s
     python bench/bench_training.py --steps 5 --size 512
+    python bench/bench_training.py --only-experiment --experiment-size 96 --experiment-batch 8
 
 The paper reports 40 GB vs 22 GB (1.82x) for stage 2 vs supervised; our aim is under 1.3x: teachers run under
 ``torch.inference_mode()`` and only their logits and [B, K, d] prototypes outlive their forward pass.
@@ -40,7 +43,8 @@ def child(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = load_train_config(None, [f"method={args.method}", f"model.name={args.model}", "model.backbone=mit_b0",
-                                   f"data.image_size={args.size}", "teachers.full=x", "teachers.robust=x"])
+                                   f"data.image_size={args.size}", "teachers.full=x", "teachers.robust=x",
+                                   f"loss.sgm_weight={args.sgm_weight}"])
     spec = cfg.data.spec()
     mcfg = ModelConfig(name=args.model, backbone="mit_b0", drop_path=0.1,
                        decoder_dim=args.decoder_dim if args.decoder_dim else None)
@@ -85,10 +89,11 @@ def child(args: argparse.Namespace) -> None:
     print("RESULT " + json.dumps(res))
 
 
-def run_child(method: str, model: str, size: int, batch: int, steps: int, threads: int, decoder_dim: int) -> dict:
+def run_child(method: str, model: str, size: int, batch: int, steps: int, threads: int, decoder_dim: int,
+              sgm_weight: float = 60.0) -> dict:
     cmd = [sys.executable, __file__, "--child", "--method", method, "--model", model, "--size", str(size),
            "--batch", str(batch), "--steps", str(steps), "--threads", str(threads),
-           "--decoder-dim", str(decoder_dim)]
+           "--decoder-dim", str(decoder_dim), "--sgm-weight", str(sgm_weight)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _, status, usage = os.wait4(proc.pid, 0)
     out, err = proc.stdout.read(), proc.stderr.read()
@@ -101,6 +106,26 @@ def run_child(method: str, model: str, size: int, batch: int, steps: int, thread
     return res
 
 
+# the issue-15 experiment's trainings: (name, method, model, SGM weight); stage 1/2 train the M-SegFormer student
+EXPERIMENT = (("m_segformer_b0", "supervised", "m_segformer", 0.0), ("cmnext_b0", "supervised", "cmnext", 0.0),
+              ("equiseg_b0", "equiseg", "equiseg", 0.0), ("equiseg_b0_sgm", "equiseg", "equiseg", 60.0),
+              ("rmmss_stage1", "rmmss_stage1", "m_segformer", 0.0), ("rmmss_stage2", "rmmss_stage2", "m_segformer",
+                                                                       0.0))
+
+
+def experiment_throughput(args: argparse.Namespace) -> dict:
+    """Images/s of each experiment training at its size and batch, one thread (one training per core)."""
+    out: dict = {"size": args.experiment_size, "batch": args.experiment_batch,
+                 "decoder_dim": args.experiment_decoder_dim}
+    for name, method, model, sgm in EXPERIMENT:
+        dec = args.experiment_decoder_dim if model in ("m_segformer", "cmnext") else 0
+        r = run_child(method, model, args.experiment_size, args.experiment_batch, max(2, args.steps), args.threads,
+                      dec, sgm)
+        out[name] = {"images_per_s": round(args.experiment_batch / r["step_s"], 2), "step_s": round(r["step_s"], 3),
+                     "params_M": r["params_student_M"], "peak_rss_MB": round(r["peak_rss_MB"], 1)}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", type=int, default=256, help="crop size of the stage-2 vs supervised comparison")
@@ -111,6 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads in each child (1 avoids spin-waiting on a "
                    "shared CPU)")
     p.add_argument("--decoder-dim", type=int, default=768, help="M-SegFormer head width (768 = AnySeg/RMMSS)")
+    p.add_argument("--experiment-size", type=int, default=96, help="image size of the issue-15 experiment's "
+                   "throughput figures (default 96)")
+    p.add_argument("--experiment-batch", type=int, default=8, help="batch of the experiment figures (default 8)")
+    p.add_argument("--experiment-decoder-dim", type=int, default=128,
+                   help="M-SegFormer / CMNeXt head width in the experiment (default 128, the demo model's)")
+    p.add_argument("--only-experiment", action="store_true", help="measure only the experiment's models")
+    p.add_argument("--sgm-weight", type=float, default=60.0, help=argparse.SUPPRESS)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--method", default="supervised", help=argparse.SUPPRESS)
     p.add_argument("--model", default="m_segformer", help=argparse.SUPPRESS)
@@ -119,6 +151,12 @@ def main(argv: list[str] | None = None) -> int:
         child(args)
         return 0
     t0 = time.time()
+    exp = experiment_throughput(args)
+    if args.only_experiment:
+        print(json.dumps({"bench": "training", "threads": args.threads, "experiment": exp,
+                          "wall_s": round(time.time() - t0, 1), "load_avg_1m": round(os.getloadavg()[0], 2),
+                          "note": "CPU shared with other jobs while measured; one thread per child"}))
+        return 0
     sup = run_child("supervised", "m_segformer", args.size, args.batch, args.steps, args.threads, args.decoder_dim)
     s2 = run_child("rmmss_stage2", "m_segformer", args.size, args.batch, args.steps, args.threads,
                    args.decoder_dim)
@@ -142,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                                        "step_time": round(s2["step_s"] / sup["step_s"], 3)},
         "paper_ratio_memory": round(40 / 22, 2),
         "throughput": {"size": args.throughput_size, "batch": args.throughput_batch, **tp},
+        "experiment": exp, "load_avg_1m": round(os.getloadavg()[0], 2),
         "wall_s": round(time.time() - t0, 1),
         "note": "CPU shared with other jobs while measured. memory = whole-process peak RSS (runtime, student, "
                 "teachers and FSMs included); training_memory = peak minus the RSS before the first step "

@@ -3,9 +3,12 @@
 Steps (each skips when its outputs are up to date - same arguments, inputs unchanged - unless ``--force``):
 
   1. data     synthetic scenes in the DeLiVER layout + raw sensor data   python -m equiseg_ros.data.synthetic
-  2. train    a short EQUISeg-B0 training on CPU                          python training/train.py
+  2. model    the shipped demo model (M-SegFormer-B0, experiments/demo_model/, rebuilt bit for bit by
+              ``make demo-model``), checked against its SHA-256; with ``--recipe`` a short training on CPU
+              instead                                                      python training/train.py
   3. report   robustness report: the EQUISeg Table 1 columns (full, EMM,  python training/evaluate.py
-              RMM r=0.5, NM low/mid) in the benchmark and deployed settings
+              RMM r=0.5, NM low/mid) and the any-modality table, in the benchmark and deployed settings;
+              the summary gives every figure over the world's own classes beside the 25-class reference figure
   4. export   ONNX with the spec in its metadata                          python training/export.py
   5. bag      the validation split as a rosbag2 with injected failures   python -m equiseg_ros.bag.convert
   6. live     the node on a replay over real DDS (use_sim_time, /clock), online mIoU and latency, plus the same
@@ -33,7 +36,9 @@ import numpy as np
 from equiseg_ros import __version__
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPE = ROOT / "config" / "train" / "synthetic_equiseg_b0.yaml"
+RECIPE = ROOT / "config" / "train" / "synthetic_equiseg_b0.yaml"  # the --recipe quick look (live training)
+SHIPPED = ROOT / "experiments" / "demo_model" / "demo_m_segformer_b0.pt"  # make demo-model rebuilds it
+SHIPPED_RECIPE = ROOT / "config" / "train" / "synthetic_demo_m_segformer_b0.yaml"
 DATA_YAML = ROOT / "config" / "datasets" / "synthetic.yaml"
 # The failures injected into the demo bag (seconds from the bag start; the default val split is 24 frames = 2.4 s at
 # 10 Hz): LiDAR dead for 0.7 s, a fifth of the depth messages lost, 10 % malformed event messages, and the camera
@@ -92,13 +97,14 @@ def _recipe_image_size(recipe: Path, default: int = 128) -> int:
 
 class Demo:
     def __init__(self, out: Path, force: bool, frames: int, size: int | None, raw_bag: bool, rate: float,
-                 recipe: Path = RECIPE, train_iters: int | None = None) -> None:
+                 recipe: Path | None = None, train_iters: int | None = None, model: Path = SHIPPED) -> None:
         self.out = out
         self.train_iters = train_iters
-        self.recipe = recipe
+        self.recipe = recipe  # None: the shipped model
+        self.shipped = model
         self.force = force
         self.frames = frames
-        self.size = size or _recipe_image_size(recipe)
+        self.size = size or _recipe_image_size(recipe or SHIPPED_RECIPE)
         self.export_size = max(32, int(round(self.size / 32)) * 32)
         self.raw_bag = raw_bag
         self.rate = rate
@@ -106,7 +112,8 @@ class Demo:
         self.logs = out / "logs"
         self.stamps = out / ".stamps"
         d = out
-        self.p = {"data": d / "data", "train": d / "train", "ckpt": d / "train" / "checkpoints" / "last.pt",
+        ckpt = d / "train" / "checkpoints" / "last.pt" if recipe is not None else model
+        self.p = {"data": d / "data", "train": d / "train", "ckpt": ckpt,
                   "report": d / "report", "model": d / "model.onnx", "bag": d / "bag_val_failures",
                   "live": d / "live", "sheet": d / "live" / "contact_sheet.png"}
         self.results: dict[str, Any] = {}
@@ -118,9 +125,7 @@ class Demo:
             Step("data", "synthetic data", [p["data"] / "manifest.json"], self.do_data,
                  {"frames": self.frames, "size": self.size, "seed": 0},
                  missing=None if _module_exists("equiseg_ros.data.synthetic") else "equiseg_ros.data.synthetic"),
-            Step("train", "EQUISeg-B0 training (CPU)", [p["ckpt"]], self.do_train,
-                 {"recipe": _file_sig(self.recipe), "size": self.size, "iters": self.train_iters}, needs=["data"],
-                 missing=self._train_missing()),
+            self._model_step(),
             Step("report", "robustness report", [p["report"] / "results.json"], self.do_report, {}, needs=["train"],
                  missing=None if (ROOT / "training" / "evaluate.py").exists() else "training/evaluate.py"),
             Step("export", "ONNX export", [p["model"]], self.do_export, {"size": self.export_size}, needs=["train"],
@@ -134,9 +139,24 @@ class Demo:
         ]
         return steps
 
-    def _train_missing(self) -> str | None:
-        gone = [str(p) for p in (ROOT / "training" / "train.py", self.recipe) if not p.exists()]
-        return " and ".join(gone) or None
+    def _model_step(self) -> Step:
+        p = self.p
+        if self.recipe is None:
+            return Step("train", "demo model (shipped, checked)", [p["ckpt"]], self.do_check_model,
+                        {"model": _file_sig(self.shipped), "size": self.size}, needs=["data"],
+                        missing=None if self.shipped.exists() else f"{self.shipped} (make demo-model)")
+        gone = [str(q) for q in (ROOT / "training" / "train.py", self.recipe) if not q.exists()]
+        return Step("train", "training (CPU)", [p["ckpt"]], self.do_train,
+                    {"recipe": _file_sig(self.recipe), "size": self.size, "iters": self.train_iters},
+                    needs=["data"], missing=" and ".join(gone) or None)
+
+    def do_check_model(self) -> None:
+        """The shipped checkpoint must be the one ``make demo-model`` wrote (its SHA-256 file beside it)."""
+        want = self.shipped.with_name(self.shipped.name + ".sha256")
+        got = hashlib.sha256(self.shipped.read_bytes()).hexdigest()
+        if want.exists() and want.read_text().split()[0] != got:
+            raise StepFailed(f"{self.shipped}: SHA-256 {got[:16]}... differs from {want} (modified or partly "
+                             "checked out); rebuild it with make demo-model")
 
     def do_data(self) -> None:
         _run([self.py, "-m", "equiseg_ros.data.synthetic", "--out", self.p["data"], "--frames", self.frames,
@@ -146,14 +166,16 @@ class Demo:
         extra = ["--set", f"max_iters={self.train_iters}"] if self.train_iters else []
         # the robustness report is the next step: the training's own final validation only needs the full-modal mIoU
         extra += ["--set", "val.protocols=[full]", "--set", "val.settings=[benchmark]"]
+        assert self.recipe is not None
         _run([self.py, "training/train.py", "--config", self.recipe, "--out", self.p["train"],
               "--set", f"data.root={self.p['data']}", "--set", f"data.image_size={self.size}", *extra],
              self.logs / "train.log")
 
     def do_report(self) -> None:
-        _run([self.py, "training/evaluate.py", "--checkpoint", self.p["ckpt"], "--name", "EQUISeg-B0",
+        name = "demo model" if self.recipe is None else self.recipe.stem
+        _run([self.py, "training/evaluate.py", "--checkpoint", self.p["ckpt"], "--name", name,
               "--data", DATA_YAML, "--set", f"root={self.p['data']}", "--set", f"image_size={self.size}",
-              "--protocols", "full,emm,rmm,nm", "--settings", "benchmark,deployed", "--rmm-rates", "0.5",
+              "--protocols", "full,emm,anymodal,rmm,nm", "--settings", "benchmark,deployed", "--rmm-rates", "0.5",
               "--nm-levels", "low,mid", "--out", self.p["report"], "--no-progress"], self.logs / "report.log")
 
     def do_export(self) -> None:
@@ -258,10 +280,10 @@ class Demo:
             if s.status in ("done", "up to date"):
                 for w in where[s.name]:
                     print(f"                 {w}")
-        report_md = p["report"] / "report.md"
-        if report_md.exists():
-            print("\nrobustness report (excerpt of report.md):")
-            for line in report_md.read_text().splitlines()[:14]:
+        report_json = p["report"] / "results.json"
+        if report_json.exists():
+            print("\nrobustness report (" + str(p["report"] / "report.md") + "):")
+            for line in world_summary(json.loads(report_json.read_text())):
                 print("  " + line)
         for key in ("live", "offline"):
             if key in self.results:
@@ -282,6 +304,45 @@ def _file_sig(path: Path) -> str:
         return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     except OSError:
         return "missing"
+
+
+# ---- figures over the world's classes ------------------------------------------------------------------------
+def world_summary(results: dict[str, Any]) -> list[str]:
+    """Lines of the report's headline figures over the classes present in the val ground truth (the synthetic
+    world's own classes) beside the reference figure over all 25 DeLiVER classes.
+
+    Exact, not an estimate: a class absent from the ground truth has IoU 0 under the reference metric whatever is
+    predicted, so for every protocol mIoU_25 = (n / 25) * mIoU_world with n the classes present."""
+    lines = []
+    for name, r in results.get("models", {}).items():
+        cm = np.asarray(r.get("confusion") or [])  # full-modality confusion matrix, rows = ground truth
+        classes = r.get("class_names") or []
+        per_class = (r["results"].get("benchmark") or next(iter(r["results"].values())))["full"]["per_class_iou"]
+        present = _present_classes(cm, per_class, classes)
+        k = len(classes) / max(len(present), 1)
+        lines.append(f"{name}: {len(present)} classes occur in the val ground truth ({', '.join(present)}); "
+                     f"figures over them = 25-class reference x {k:.3f}")
+        for setting, figs in r["results"].items():
+            t1 = figs.get("table1", {})
+            cols = [c for c in ("mIoU", "EMM Avg", "RMM Avg", "NM Low", "NM Mid") if t1.get(c) is not None]
+            world = ", ".join(f"{c} {t1[c] * k:.1f}" for c in cols)
+            ref = ", ".join(f"{c} {t1[c]:.1f}" for c in cols)
+            lines.append(f"  {setting:9s} world classes: {world}")
+            lines.append(f"  {setting:9s} 25-class ref.: {ref}")
+            any_row = figs.get("anymodal") or {}
+            if any_row:
+                lines.append(f"  {setting:9s} any-modality (world classes): "
+                             + " ".join(f"{s}={v * k:.1f}" for s, v in any_row.items()))
+    return lines
+
+
+def _present_classes(cm: np.ndarray, per_class: Any, classes: list[str]) -> list[str]:
+    """Classes with ground-truth pixels: from the confusion matrix when saved, else the classes with an IoU."""
+    if cm.ndim == 2 and cm.shape[0] == len(classes) and cm.sum() > 0:
+        return [c for c, n in zip(classes, cm.sum(1)) if n > 0]
+    if isinstance(per_class, dict):
+        return [c for c, v in per_class.items() if v is not None and v > 0]
+    return [c for c, v in zip(classes, per_class or []) if v is not None and v > 0]
 
 
 # ---- contact sheet ----------------------------------------------------------------------------------------------
@@ -384,19 +445,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--raw-bag", action="store_true", help="write the demo bag with the raw sensor forms "
                         "(metric depth, LiDAR point cloud) so the node converts them itself")
     parser.add_argument("--rate", type=float, default=1.0, help="replay speed of the live step (default 1.0)")
-    parser.add_argument("--recipe", default=str(RECIPE.relative_to(ROOT)),
-                        help="training recipe (default config/train/synthetic_equiseg_b0.yaml)")
+    parser.add_argument("--recipe", default=None,
+                        help="train a model live with this recipe instead of using the shipped demo model (e.g. "
+                        "config/train/synthetic_equiseg_b0.yaml: ~2 min, far from converged)")
     parser.add_argument("--train-iters", type=int, default=None,
-                        help="training iterations (default: the recipe's max_iters); fewer for a quick look")
+                        help="with --recipe: training iterations (default: the recipe's max_iters)")
+    parser.add_argument("--model", default=str(SHIPPED.relative_to(ROOT)),
+                        help="the shipped model checkpoint (default experiments/demo_model/demo_m_segformer_b0.pt; "
+                        "make demo-model rebuilds it)")
     args = parser.parse_args(argv)
-    recipe = Path(args.recipe)
-    if not recipe.is_absolute():
-        recipe = (ROOT / recipe) if (ROOT / recipe).exists() or not recipe.exists() else recipe.resolve()
+    recipe = None
+    if args.recipe:
+        recipe = Path(args.recipe)
+        if not recipe.is_absolute():
+            recipe = (ROOT / recipe) if (ROOT / recipe).exists() or not recipe.exists() else recipe.resolve()
+    model = Path(args.model)
+    model = model if model.is_absolute() else ROOT / model
     out = Path(args.out)
     if not out.is_absolute():
         out = Path.cwd() / out
     print(f"equiseg_ros {__version__} demo -> {out}", flush=True)
-    return Demo(out, args.force, args.frames, args.size, args.raw_bag, args.rate, recipe, args.train_iters).run()
+    return Demo(out, args.force, args.frames, args.size, args.raw_bag, args.rate, recipe, args.train_iters,
+                model).run()
 
 
 if __name__ == "__main__":

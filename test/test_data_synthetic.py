@@ -128,3 +128,56 @@ def test_speed_and_cli(tmp_path):
     dt = time.perf_counter() - t0
     assert (tmp_path / "cli" / "preview.png").is_file()
     assert dt / 4 < 2.0, f"{dt / 4:.2f} s per 96x96 frame"  # ~0.06 s unloaded; generous for a shared machine
+
+
+def _counts(ev: np.ndarray, h: int, w: int) -> np.ndarray:
+    return np.bincount((ev[:, 1] * w + ev[:, 0]).astype(np.int64), minlength=h * w).reshape(h, w)
+
+
+def test_events_are_log_contrast_edges_independent_of_illumination():
+    h = w = 48
+    rng = np.random.default_rng(0)
+    cur = np.full((h, w, 3), 0.2, np.float32)
+    cur[:, 24:] = 0.6  # an edge of contrast log 3 = 1.1
+    prev = np.full((h, w, 3), 0.2, np.float32)
+    prev[:, 25:] = 0.6  # one pixel further right before: the edge moved left by one pixel
+    day = G.simulate_events(cur, prev, (h, w), 0.0, 0.03, "sun", 0, rng)
+    dim = G.simulate_events(0.05 * cur, 0.05 * prev, (h, w), 0.0, 0.03, "sun", 0, np.random.default_rng(0))
+    assert len(day) and (np.diff(day[:, 2]) >= 0).all() and ((day[:, 2] > 0) & (day[:, 2] <= 0.03)).all()
+    cd, cn = _counts(day, h, w), _counts(dim, h, w)
+    # the moving edge's column fires ~log(3)/0.1 = 11 events per pixel, day and (20x darker) dusk alike
+    assert 8 <= np.median(cd[:, 24]) <= 14 and np.median(cn[:, 24]) >= 0.7 * np.median(cd[:, 24])
+    assert np.median(cd[:, 10]) == 0 and np.median(cd[:, 40]) == 0  # no change, no signal (noise only)
+    pol = day[(day[:, 0] == 24)][:, 3]
+    assert pol.mean() > 0.9  # brighter: positive events
+
+
+def test_event_noise_refractory_background_activity_hot_pixels():
+    h = w = 64
+    still = np.full((h, w, 3), 0.3, np.float32)
+    flash = still * 1000.0  # an enormous change: refractory-limited
+    ev = G.simulate_events(flash, still, (h, w), 0.0, 0.03, "sun", 0, np.random.default_rng(1))
+    assert _counts(ev, h, w).max() <= round(0.03 / G.EVENT_REFRACTORY_S)
+    day = G.simulate_events(still, still, (h, w), 0.0, 0.03, "sun", 0, np.random.default_rng(2))
+    night = G.simulate_events(still, still, (h, w), 0.0, 0.03, "night", 0, np.random.default_rng(2))
+    # a static scene: only background activity (1 Hz by day, 5 Hz at night) and hot pixels fire
+    expect_ba = h * w * 0.03 * G.EVENT_BA_HZ_DEFAULT
+    assert 0.5 * expect_ba < len(day) and len(night) > 2.4 * len(day)
+    c = _counts(day, h, w)
+    assert (c >= 3).sum() >= 1  # hot pixels fire many times in one window
+    again = G.simulate_events(still, still, (h, w), 0.0, 0.03, "sun", 0, np.random.default_rng(9))
+    hot_a, hot_b = c >= 3, _counts(again, h, w) >= 3
+    assert (hot_a & hot_b).sum() >= 1  # the same sensor's hot pixels in another frame
+
+
+def test_frame_events_see_night_and_glare_as_day():
+    base = G.FrameSpec(0, 2, "SYN_0002", "train", "sun", None, 1, 0)
+    night = G.FrameSpec(0, 2, "SYN_0002", "train", "night", None, 1, 0)
+    glare = G.FrameSpec(0, 2, "SYN_0002_overexposure", "train", "sun", "overexposure", 1, 0)
+    d, n, g = (G.generate_frame(s, SIZE, 0) for s in (base, night, glare))
+    edges = [(f["event"][..., :2].astype(int).sum(-1) >= 3) for f in (d, n, g)]
+    assert edges[0].mean() > 0.02  # ego-motion edges
+    for other in edges[1:]:
+        inter = (edges[0] & other).sum() / max(edges[0].sum(), 1)
+        assert inter > 0.5, inter
+    assert n["rgb"].mean() < 0.5 * d["rgb"].mean() and g["rgb"].mean() > d["rgb"].mean() + 40
