@@ -132,7 +132,9 @@ def to_fp16(model: Any, keep_fp32: frozenset[str] | set[str] = KEEP_FP32) -> Any
             continue
         if n.op_type == "Cast":
             to = next((a.i for a in n.attribute if a.name == "to"), None)
-            if to == FLOAT and not is_float(n.input[0]):  # e.g. the present mask as float: produce FP16 directly
+            # To FLOAT from a non-float (the present mask) or from an FP16 tensor (a float->float identity such
+            # as the head's `.float()` on its logits): produce FP16 directly.
+            if to == FLOAT and (not is_float(n.input[0]) or n.input[0] in half_tensors):
                 half_nodes.add(k)
                 half_tensors.update(n.output)
             continue
@@ -170,10 +172,12 @@ def to_fp16(model: Any, keep_fp32: frozenset[str] | set[str] = KEEP_FP32) -> Any
 
     for k, n in enumerate(g.node):
         if k in half_nodes:
-            if n.op_type == "Cast":
+            if n.op_type == "Cast":  # reads its input as it is; only its output type changes
                 for a in n.attribute:
                     if a.name == "to":
                         a.i = FLOAT16
+                new_nodes.append(n)
+                continue
             for i in data_inputs(n):
                 name = n.input[i]
                 if name not in half_tensors:
@@ -184,6 +188,16 @@ def to_fp16(model: Any, keep_fp32: frozenset[str] | set[str] = KEEP_FP32) -> Any
                 if name in half_tensors and not any_type:
                     n.input[i] = as_type(name, FLOAT)
         new_nodes.append(n)
+
+    # No cast pairs: a shared cast of a Cast from bool/int reads that Cast's input directly (exact), and a Cast
+    # nobody reads any more is dropped.
+    producer = {o: n for n in new_nodes for o in n.output}
+    for n in new_nodes:
+        src = producer.get(n.input[0]) if n.op_type == "Cast" and n.name.startswith("cast_") else None
+        if src is not None and src.op_type == "Cast" and not is_float(src.input[0]):
+            n.input[0] = src.input[0]
+    read = {i for n in new_nodes for i in n.input} | {o.name for o in g.output}
+    new_nodes = [n for n in new_nodes if n.op_type != "Cast" or any(o in read for o in n.output)]
 
     # Graph outputs declared FLOAT keep FLOAT: the producer writes an FP16 tensor, one Cast restores the name.
     for o in g.output:
