@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from equiseg_ros.ros.pipeline import time_can_emit
 from equiseg_ros.ros.sync import ABSENT_REASONS, SyncedFrame, Synchronizer
 
 MODS = ("rgb", "depth", "event", "lidar")
@@ -287,3 +288,57 @@ def test_non_finite_stamp_counts_as_malformed() -> None:
     sync.push("rgb", 1.0, "r", now=1.0)
     f = sync.poll(1.0)
     assert f.absent == {"depth": "malformed"} and sync.stats()["depth"].malformed == 1
+
+
+def _replay_both(sensors: list[Sensor], t_end: float, seed: int, **kw) -> tuple[list, list, int, int]:
+    """Frames from an always-running 10 ms poll timer vs the node's timer that runs only while
+    ``time_can_emit`` (armed by every buffered message). Same arrivals, same tick grid."""
+    results, ticks = [], []
+    for gated in (False, True):
+        sync = Synchronizer(MODS, **kw)
+        rng = random.Random(seed)
+        events = []
+        for s in sensors:
+            k = 0
+            while (stamp := s.offset + k * s.period) <= t_end:
+                k += 1
+                if any(a <= stamp < b for a, b in s.alive):
+                    lat = s.latency + (rng.uniform(-s.jitter, s.jitter) if s.jitter else 0.0)
+                    events.append((stamp + lat, 0, s.name, round(stamp, 9)))
+        events += [(i * 0.01, 1, "", 0.0) for i in range(int((t_end + 2.0) / 0.01))]
+        events.sort()
+        armed, out, n = False, [], 0
+        for now, kind, name, stamp in events:
+            if kind == 0:
+                sync.push(name, stamp, (name, stamp), now)
+                armed = True
+            elif gated and not armed:
+                continue
+            else:
+                n += 1
+            frame = sync.poll(now)
+            if frame is not None:
+                out.append((round(now, 6), frame.stamp, frame.anchor, tuple(sorted(frame.absent.items()))))
+            if kind == 1 and gated and not time_can_emit(sync):
+                armed = False
+        results.append(out)
+        ticks.append(n)
+    return results[0], results[1], ticks[0], ticks[1]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_poll_timer_gated_by_time_can_emit_emits_the_same_frames(seed: int) -> None:
+    """Idle cost without changing the policy: the anchor's bounded wait, failover when the anchor dies, a gap with
+    every sensor dead and the restart give the very same frames (and emit times) as a timer that never stops,
+    while the gated timer does not tick at all in the silent gap."""
+    sens = {s.name: s for s in four()}
+    sens["rgb"].alive = [(-1.0, 1.0), (1.6, 2.4), (4.0, 6.0)]  # anchor dies twice (failover to depth), returns
+    sens["depth"].alive = [(-1.0, 2.4), (4.0, 6.0)]
+    sens["event"].alive = [(-1.0, 2.4), (4.0, 6.0)]
+    sens["lidar"].alive = [(-1.0, 2.4), (4.0, 5.0)]  # lidar dies for good at 5 s
+    sens["lidar"].latency, sens["lidar"].jitter = 0.09, 0.05  # lags: the anchor waits (sync.wait) for it
+    always, gated, n_always, n_gated = _replay_both(list(sens.values()), 6.0, seed, slop=0.05, max_age=0.3,
+                                                    wait=0.1)
+    assert always == gated
+    assert len(always) > 40 and {"rgb", "depth"} <= {a for _, _, a, _ in always}
+    assert n_gated < n_always - 100  # the 2.4 .. 4.0 s gap (all dead) and the tail cost no ticks

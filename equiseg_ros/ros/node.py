@@ -104,7 +104,7 @@ def _build(managed: bool) -> type:
 
     from equiseg_ros.ros import codecs
     from equiseg_ros.ros._loader import BackgroundLoad, load_model
-    from equiseg_ros.ros.pipeline import FramePipeline
+    from equiseg_ros.ros.pipeline import FramePipeline, time_can_emit
     from equiseg_ros.ros.worker import InferenceWorker
 
     msg_types = {"image": Image, "compressed": CompressedImage, "pointcloud2": PointCloud2}
@@ -483,7 +483,7 @@ def _build(managed: bool) -> type:
             - whose callback polls and re-arms the timer. Polls stopped this way would all have returned None: the
             frames emitted are those of a timer that never stops. With sim time, the clock may pause: stop also
             after 4 x (max_age + wait) of real time without a new message."""
-            if not any(self.sync.state(m)[0] == "alive" for m in self.modalities):
+            if not time_can_emit(self.sync):
                 return False
             if self._sim_time:
                 horizon = 4.0 * (self.values["sync.max_age"] + self.values["sync.wait"])
