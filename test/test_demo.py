@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from equiseg_ros import demo
@@ -42,3 +43,29 @@ def test_demo_missing_step_skips_and_force(tmp_path: Path, capsys: pytest.Captur
 
     forced = _run(out, capsys, "--raw-bag", "--force")
     assert "[1/6] synthetic data: done" in forced and "[5/6] rosbag2 of val with failures: done" in forced
+
+
+def test_shipped_model_is_checked_against_its_hash(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = tmp_path / "shipped.pt"
+    model.write_bytes(b"not the model make demo-model wrote")
+    (tmp_path / "shipped.pt.sha256").write_text("0" * 64 + "  shipped.pt\n")
+    rc = demo.main(["--out", str(tmp_path / "demo"), "--frames", "80", "--size", "32", "--model", str(model)])
+    text = capsys.readouterr().out
+    assert rc == 1 and "demo model (shipped, checked): FAILED" in text and "make demo-model" in text
+    assert "[3/6] robustness report: skipped (needs the output of train)" in text
+    rc = demo.main(["--out", str(tmp_path / "demo2"), "--frames", "80", "--size", "32", "--model",
+                    str(tmp_path / "absent.pt")])
+    assert "MISSING in this tree" in capsys.readouterr().out
+
+
+def test_world_summary_is_exact_over_present_classes() -> None:
+    classes = [f"c{i}" for i in range(25)]
+    cm = np.zeros((25, 25), int)
+    for i in (0, 3, 7, 12):  # four classes occur in the ground truth
+        cm[i, i] = 10
+    results = {"models": {"m": {"class_names": classes, "confusion": cm.tolist(), "results": {
+        "benchmark": {"full": {"per_class_iou": [None] * 25}, "table1": {"mIoU": 8.0, "EMM Avg": 4.0},
+                      "anymodal": {"R": 2.0}}}}}}
+    text = "\n".join(demo.world_summary(results))
+    assert "4 classes occur" in text and "x 6.250" in text
+    assert "mIoU 50.0, EMM Avg 25.0" in text and "R=12.5" in text and "mIoU 8.0" in text
