@@ -112,6 +112,11 @@ def test_managed_node_transitions_failing_configure_recovers(model, tmp_path):
     # 2, 3: fixed parameter, configure again
     assert steps[2]["results"][0]["successful"], steps[2]
     assert steps[3]["success"] is True and steps[3]["state"] == "inactive", steps[3]
+    # configure said on /diagnostics what it was doing while it blocked the node's executor (loading + progress)
+    loading = [d for d in record["diagnostics"] if d["step"] == 3 and d["values"].get("state") == "loading"]
+    assert loading and "loading" in loading[0]["message"], record["diagnostics"]
+    assert any("loaded in" in d["values"].get("progress", "") for d in loading), loading
+    assert "model: onnxruntime on cpu loaded in" in text  # the same line on /rosout
     # 4: inactive -> nothing published; 5, 6: active -> masks
     assert not [m for m in record["masks"] if m["step"] == 4]
     assert steps[5]["success"] is True and steps[5]["state"] == "active"

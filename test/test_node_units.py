@@ -325,3 +325,94 @@ def test_pipeline_synchronises_like_the_node(tiny_onnx: Path):
                          {"sync.priority": ["lidar"], "sync.wait": 0.2})
     rest = [m for m in pipe.modalities if m != "lidar"]
     assert pipe.sync.priority == ("lidar", *rest) and pipe.sync.wait == 0.2
+
+
+# ---- model loading (issue 18.10) and deactivate (issue 13.6) -------------------------------------------------------
+ENGINE_VALUES = {"backend.threads": 2, "engine.precision": "fp16", "engine.cache_dir": "/cache",
+                 "engine.build_on_start": False}
+
+
+def test_backend_options_only_what_a_backend_declares():
+    from equiseg_ros.ros._loader import backend_options
+
+    cancel = threading.Event()
+    everything = frozenset({"intra_op_threads", "precision", "cache_dir", "build_on_start", "on_progress", "cancel"})
+    opts, notes = backend_options(ENGINE_VALUES, on_progress=print, cancel=cancel, declared=everything)
+    assert opts == {"intra_op_threads": 2, "precision": "fp16", "cache_dir": "/cache", "build_on_start": False,
+                    "on_progress": print, "cancel": cancel} and not notes
+    # an older inference package: nothing undeclared is passed (load_backend would raise TypeError), and a
+    # non-default engine parameter that cannot be honoured is named
+    opts, notes = backend_options(ENGINE_VALUES, on_progress=print, cancel=cancel,
+                                  declared=frozenset({"intra_op_threads", "precision"}))
+    assert opts == {"intra_op_threads": 2, "precision": "fp16"}
+    assert len(notes) == 2 and any("engine.cache_dir" in n for n in notes) and any(
+        "engine.build_on_start" in n for n in notes)
+    # defaults need no note; "" cache_dir = the backend's default, not passed
+    opts, notes = backend_options({"backend.threads": 0, "engine.precision": "fp32", "engine.cache_dir": "",
+                                   "engine.build_on_start": True}, declared=frozenset())
+    assert opts == {} and notes == []
+
+
+def test_backend_options_accepted_by_the_installed_load_backend(tiny_onnx: Path):
+    """What the node passes must never make load_backend raise TypeError, whatever the inference package has."""
+    from equiseg_ros.ros._loader import backend_options, declared_options, load_model
+
+    opts, _ = backend_options(ENGINE_VALUES, on_progress=lambda line: None, cancel=threading.Event())
+    assert set(opts) <= declared_options()
+    lines: list[str] = []
+    values = {**ENGINE_VALUES, "engine.cache_dir": "", "model_path": str(tiny_onnx),
+              "backend.prefer": ["onnxruntime"]}
+    backend = load_model(values, on_progress=lines.append, warmup=1)
+    try:
+        assert backend.name == "onnxruntime" and any("loaded in" in line for line in lines)
+    finally:
+        backend.close()
+
+
+def test_load_cancelled_and_background_load_reports(tiny_onnx: Path, tmp_path: Path):
+    from equiseg_ros.ros._loader import BackgroundLoad, LoadCancelled, load_model
+
+    values = {"backend.threads": 1, "model_path": str(tiny_onnx), "backend.prefer": ["onnxruntime"]}
+    cancel = threading.Event()
+    cancel.set()  # shutdown before the load returned: the loaded backend is released, not used
+    with pytest.raises(LoadCancelled, match="cancelled"):
+        load_model(values, cancel=cancel)
+    done = threading.Event()
+    ok = BackgroundLoad(values, done=done.set).start()
+    assert done.wait(60) and ok.error is None and ok.backend is not None
+    ok.discard()
+    assert ok.backend is None
+    bad = BackgroundLoad({**values, "model_path": str(tmp_path / "missing.onnx")}, done=done.clear).start()
+    assert bad.join(60) and bad.backend is None and "model file not found" in str(bad.error)
+
+
+def test_worker_drain_drops_pending_and_waits_for_the_running_frame():
+    started, release, seen = threading.Event(), threading.Event(), []
+
+    def slow(item: int) -> None:
+        started.set()
+        release.wait(10)
+        seen.append(item)
+
+    w = InferenceWorker(slow).start()
+    w.submit(1)
+    assert started.wait(10)
+    w.submit(2)  # pending behind the running one
+    assert not w.drain(timeout=0.05)  # still running
+    release.set()
+    assert w.drain(timeout=10) and w.pending == 0
+    w.submit(3)
+    deadline = time.monotonic() + 10
+    while 3 not in seen and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert seen == [1, 3]  # 2 was dropped by drain; the worker still takes new frames
+    assert w.stop(10) and not w.alive
+
+
+def test_node_state_diagnostics():
+    s = diag.node_state_status("/n", "error", "configure failed: x.onnx: model file not found", model="x.onnx")
+    assert s["level"] == diag.ERROR and s["name"] == "/n: inference" and s["values"]["state"] == "error"
+    assert "model file not found" in s["message"]
+    loading = diag.node_state_status("/n", "loading", "building engine", progress="tactic 12/40")
+    assert loading["level"] == diag.WARN and loading["values"]["progress"] == "tactic 12/40"
+    assert set(diag.NODE_STATES) >= {"loading", "unconfigured", "inactive", "error"}

@@ -247,6 +247,8 @@ def _build(managed: bool) -> type:
                                        f"{self.values['backend.prefer']}, engine precision "
                                        f"{self.values['engine.precision']})")
             self._cancel.clear()
+            self._progress = ""
+            self._publish_diagnostics()  # "loading" now, even if the load blocks the executor (managed configure)
             return self.values
 
         def _load(self) -> Any:
