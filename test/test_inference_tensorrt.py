@@ -641,6 +641,28 @@ def test_item1_node_uses_the_engine_build_engine_wrote(onnx_files, tmp_path, gpu
         in caplog.text
 
 
+@pytest.mark.slow
+def test_item1_node_uses_the_engine_export_wrote(tmp_path, gpu, capsys):
+    """`training/export.py --engine DIR --fp16` writes the engine under the name `load_backend(precision="fp16",
+    cache_dir=DIR)` looks for: the node finds it with building disabled."""
+    from equiseg_ros.checkpoint import save_checkpoint
+    from equiseg_ros.config import ModelConfig, to_dict
+    from equiseg_ros.models.build import build_model
+    from training.export import main as export_main
+
+    cfg = ModelConfig(name="segformer", decoder_dim=32, drop_path=0.0)
+    torch.manual_seed(0)
+    model = build_model(cfg, SPEC)
+    ckpt = save_checkpoint(tmp_path / "seg.pt", model.state_dict(), model.spec, {"model": to_dict(cfg)})
+    engines = tmp_path / "engines"
+    assert export_main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "seg.onnx"), "--size", "64", "64",
+                        "--engine", str(engines), "--fp16"]) == 0
+    written = Path(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["engine"])
+    assert written.parent == engines and written.name.startswith("seg.fp16.orin-sm87-16sm-61g.64x64b1")
+    b = load_backend(tmp_path / "seg.onnx", precision="fp16", cache_dir=engines, build_on_start=False)
+    assert b.name == "tensorrt" and b.path == written and len(gpu.builds) == 1
+
+
 FAILURES = {
     "parse": ("parse_errors", ["In node 12 (Conv): INVALID_NODE: weights must be an initializer"],
               "ONNX parser failed: In node 12"),

@@ -354,6 +354,8 @@ def resolve_engine(path: Path, dev: DeviceInfo, *, cache_dir: str | Path | None,
                                                      **extra)
     if result.built:
         log.info("built TensorRT engine %s (%s)", result.engine_path, result.reason)
+    else:
+        _Reporter(on_progress)(f"using prebuilt TensorRT engine {result.engine_path}", logging.DEBUG)
     return result.engine_path, result.sidecar
 
 
