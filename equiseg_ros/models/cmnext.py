@@ -32,7 +32,7 @@ from equiseg_ros.models._base import SegModel
 from equiseg_ros.models._cmx import FeatureFusion, FeatureRectify
 from equiseg_ros.models.fusion import PPX, LayerNorm2d, SelfQueryHub, any_present
 from equiseg_ros.models.head import SegFormerHead
-from equiseg_ros.models.mit import PATCH_GEOMETRY, MiTConfig, MixTransformer, drop_path_rates
+from equiseg_ros.models.mit import PATCH_GEOMETRY, MiTConfig, MixTransformer, channels_last, drop_path_rates
 from equiseg_ros.spec import ModelSpec
 
 PPX_MLP_RATIOS = (8, 8, 4, 4)
@@ -48,7 +48,7 @@ class PatchEmbedParallel(nn.Module):
         self.norms = nn.ModuleList(LayerNorm2d(dim) for _ in range(num))
 
     def forward(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [norm(self.proj(x)) for x, norm in zip(xs, self.norms)]
+        return [norm(self.proj(channels_last(x))) for x, norm in zip(xs, self.norms)]
 
 
 class CMNeXt(SegModel):

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from equiseg_ros.models._base import SegModel
-from equiseg_ros.models.fusion import PPX, CrossModalAttention, SelfQueryHub, any_present, masked_mean
+from equiseg_ros.models.fusion import PPX, CrossModalAttention, SelfQueryHub, any_present, masked_mean, stack_maps
 from equiseg_ros.models.head import SegFormerHead
 from equiseg_ros.models.mit import MiTConfig, MixTransformer, drop_path_rates
 from equiseg_ros.spec import ModelSpec
@@ -88,7 +88,7 @@ class EQUISeg(SegModel):
         m = len(feats)
         if self.cmtb is None:
             return feats
-        stack = self.hub[s].score(feats) if self.hub is not None else torch.stack(feats, 1)
+        stack = self.hub[s].score(feats) if self.hub is not None else stack_maps(feats)
         out = []
         for i in range(m):
             others = (torch.arange(m, device=present.device) != i)[None, :]
@@ -117,7 +117,7 @@ class EQUISeg(SegModel):
             feats = self._stage_fusion(s, [y[:, i] for i in range(m)], present)
             for i in range(m):
                 modal[i].append(feats[i])
-            stack = torch.stack(feats, 1)
+            stack = stack_maps(feats)
             fused.append(masked_mean(stack, present))
             h = stack.reshape(b * m, stack.shape[2], stack.shape[3], stack.shape[4])
         logits = self.head(fused)

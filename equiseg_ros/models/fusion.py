@@ -13,12 +13,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from equiseg_ros.models.mit import DropPath, EfficientSelfAttention, map_to_tokens, tokens_to_map
+from equiseg_ros.models.mit import DropPath, EfficientSelfAttention, channels_last, map_to_tokens, tokens_to_map
 
 
 def _expand_mask(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """[B, M] -> [B, M, 1, 1, ...] broadcastable against ``like`` [B, M, ...]."""
     return mask.reshape(mask.shape + (1,) * (like.ndim - 2))
+
+
+def stack_maps(maps: list[torch.Tensor]) -> torch.Tensor:
+    """Stack M maps [B, C, H, W] to [B, M, C, H, W] (as ``torch.stack(maps, 1)``) laid out [B, M, H, W, C] in memory,
+    so each slice ``[:, i]`` is a dense channels-last map and reductions over M stay channels-last (``torch.stack``
+    of channels-last maps interleaves M with C, and its slices and reductions fall back to copies in NCHW).
+    Plain ``torch.stack`` in ONNX export, where memory layout does not exist and transposes would cost."""
+    if torch.onnx.is_in_onnx_export() or torch.jit.is_tracing():
+        return torch.stack(maps, 1)
+    return torch.stack([m.permute(0, 2, 3, 1) for m in maps], 1).permute(0, 1, 4, 2, 3)
 
 
 def masked_mean(feats: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -76,7 +86,7 @@ class SelfQueryHub(nn.Module):
 
     def score(self, feats: list[torch.Tensor]) -> torch.Tensor:
         """List of M maps [B, C, H, W] -> scored stack [B, M, C, H, W]."""
-        return torch.stack([x * net(x) + x for x, net in zip(feats, self.score_nets)], dim=1)
+        return stack_maps([x * net(x) + x for x, net in zip(feats, self.score_nets)])
 
     @staticmethod
     def fuse(scored: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -149,6 +159,7 @@ class PPX(nn.Module):
         self.norm = LayerNorm2d(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = channels_last(x)  # depthwise convs and avg_pool2d are several times faster in this layout on CPU
         for blk in self.blocks:
             x = blk(x)
         return self.norm(x)

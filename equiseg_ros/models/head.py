@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from equiseg_ros.models.mit import channels_last, map_to_tokens, tokens_to_map
+
 
 class _MLP(nn.Module):
     """Per-pixel linear projection C_in -> E (a Linear named ``proj`` as in the official head)."""
@@ -19,9 +21,8 @@ class _MLP(nn.Module):
         self.proj = nn.Linear(cin, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, _, h, w = x.shape
-        y = self.proj(x.flatten(2).transpose(1, 2))
-        return y.transpose(1, 2).reshape(b, -1, h, w)
+        h, w = x.shape[2], x.shape[3]
+        return tokens_to_map(self.proj(map_to_tokens(channels_last(x))), h, w)  # channels-last, no copies
 
 
 class _ConvBNReLU(nn.Module):
@@ -56,7 +57,7 @@ class SegFormerHead(nn.Module):
                 y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
             outs.append(y)
         x = self.linear_fuse(torch.cat(outs, dim=1))
-        return self.linear_pred(self.dropout(x))
+        return self.linear_pred(self.dropout(x)).contiguous()  # logits in the usual NCHW layout for callers
 
 
 def default_decoder_dim(arch: str, backbone: str) -> int:

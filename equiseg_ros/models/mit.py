@@ -90,13 +90,22 @@ class DropPath(nn.Module):
 
 
 def tokens_to_map(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """[B, H*W, C] -> [B, C, H, W]."""
-    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], h, w)
+    """[B, H*W, C] -> [B, C, H, W], a channels-last *view* of contiguous tokens (no copy).
+
+    Tokens are already channels-last in memory; keeping maps in that layout lets convolutions (depthwise ones above
+    all), pooling and the next :func:`map_to_tokens` run without a transposing copy. Values equal the NCHW copy's.
+    """
+    return x.reshape(x.shape[0], h, w, x.shape[2]).permute(0, 3, 1, 2)
 
 
 def map_to_tokens(x: torch.Tensor) -> torch.Tensor:
-    """[B, C, H, W] -> [B, H*W, C]."""
+    """[B, C, H, W] -> [B, H*W, C]; a view when ``x`` is channels-last, a strided view (copied later) otherwise."""
     return x.flatten(2).transpose(1, 2)
+
+
+def channels_last(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in channels-last memory (a no-op when it already is, and in ONNX export)."""
+    return x.contiguous(memory_format=torch.channels_last)
 
 
 class OverlapPatchEmbed(nn.Module):
@@ -108,7 +117,7 @@ class OverlapPatchEmbed(nn.Module):
         self.norm = nn.LayerNorm(embed_dim, eps=LN_EPS_OFFICIAL[0])
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
-        x = self.proj(x)
+        x = self.proj(channels_last(x))  # channels-last output: the tokens below are a view of it
         h, w = x.shape[2], x.shape[3]
         return self.norm(map_to_tokens(x)), h, w
 

@@ -1,0 +1,143 @@
+"""PyTorch eager models against the machine: each model's multiply-accumulate rate as a fraction of an fp32 GEMM's,
+both timed in the same rounds (issue 16, goals 1 and 5).
+
+    nice .venv/bin/python bench/bench_models_gemm.py [--models cmnext,m_segformer,equiseg] [--backbone mit_b2]
+        [--size 512] [--threads 2] [--rounds 3]
+
+Each round times, alternately, a ``--gemm`` x ``--gemm`` fp32 ``torch.mm`` (the best of ``--gemm-calls`` calls) and
+one forward of each model (batch 1, all ``--modalities`` present, ``eval()`` + ``inference_mode``), so load from
+other jobs hits both sides alike; the minimum over rounds is reported for both (the least-disturbed run). MACs come
+from torch's FlopCounterMode on the meta device (``python -m equiseg_ros.models summary``; attention included,
+elementwise ops not). ``ratio_to_gemm`` = model G MAC/s / GEMM G MAC/s; ``goal`` is issue 16's 0.40.
+``equiseg_time_per_mac_vs_cmnext`` = (EQUISeg ms / its G MACs) / (CMNeXt ms / its G MACs): EQUISeg's cost per unit of
+work against the reference architecture's (1.0 = equally efficient), next to the plain time and MAC ratios.
+CMNeXt runs with ``--cmnext-compat`` (default ``deliver``, the baseline config ``config/models/cmnext_b2.yaml``).
+Random weights (speed does not depend on them). Prints ONE JSON line; progress goes to stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from equiseg_ros.config import ModelConfig  # noqa: E402
+from equiseg_ros.models.__main__ import summarize  # noqa: E402
+from equiseg_ros.models.build import build_model  # noqa: E402
+from equiseg_ros.spec import deliver_spec  # noqa: E402
+
+GOAL = 0.40
+MODALITIES = ("rgb", "depth", "event", "lidar")
+
+
+def _gemm_ms(a: torch.Tensor, b: torch.Tensor, calls: int) -> float:
+    """Best of ``calls`` timed ``torch.mm`` calls (ms)."""
+    best = float("inf")
+    for _ in range(calls):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, (time.perf_counter() - t) * 1e3)
+    return best
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _config(arch: str, backbone: str, compat: str) -> ModelConfig:
+    kw = {"compat": compat} if arch == "cmnext" else {}
+    return ModelConfig(name=arch, backbone=backbone, drop_path=0.0, **kw)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="cmnext,m_segformer,equiseg",
+                   help="comma-separated architectures (default cmnext,m_segformer,equiseg)")
+    p.add_argument("--backbone", default="mit_b2", help="MiT variant of every model (default mit_b2)")
+    p.add_argument("--size", type=int, default=512, help="square input side in pixels (default 512)")
+    p.add_argument("--modalities", type=int, default=4, help="DeLiVER modalities, 1-4, all present (default 4)")
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads for GEMM and models (default 2)")
+    p.add_argument("--rounds", type=int, default=3, help="timed rounds; the minimum is reported (default 3)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed forwards per model before round 1 (default 1)")
+    p.add_argument("--gemm", type=int, default=2048, help="side of the square fp32 GEMM (default 2048)")
+    p.add_argument("--gemm-calls", type=int, default=3, help="GEMM calls per timing, best taken (default 3)")
+    p.add_argument("--cmnext-compat", default="deliver", choices=("deliver", "none"),
+                   help="CMNeXt carry (default deliver: DELIVER's function, the baseline config)")
+    p.add_argument("--goal", type=float, default=GOAL, help="ratio-to-GEMM goal printed with each model (0.40)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    archs = [a.strip() for a in args.models.split(",") if a.strip()]
+    spec = deliver_spec(list(MODALITIES[:args.modalities]))
+    out: dict = {"bench": "models_gemm", "commit": _git_commit(), "backbone": args.backbone, "size": args.size,
+                 "modalities": list(spec.modality_names), "threads": args.threads, "rounds": args.rounds,
+                 "torch": torch.__version__, "load_avg_start": [round(v, 2) for v in os.getloadavg()],
+                 "goal_ratio_to_gemm": args.goal}
+    torch.manual_seed(0)
+    models, macs = {}, {}
+    for arch in archs:
+        cfg = _config(arch, args.backbone, args.cmnext_compat)
+        macs[arch] = summarize(cfg, spec, args.size)["gmacs"]
+        models[arch] = build_model(cfg, spec).eval()
+    m = spec.num_modalities
+    x = torch.randn(1, m, 3, args.size, args.size)
+    present = torch.ones(1, m, dtype=torch.bool)
+    a = torch.randn(args.gemm, args.gemm)
+    b = torch.randn(args.gemm, args.gemm)
+    gemm_gmacs = args.gemm ** 3 / 1e9
+    gemm_ms: list[float] = []
+    model_ms: dict[str, list[float]] = {k: [] for k in archs}
+    paired: dict[str, list[float]] = {k: [] for k in archs}  # ratio against the GEMM timed just before
+    with torch.inference_mode():
+        _gemm_ms(a, b, 1)
+        for arch in archs:
+            for _ in range(args.warmup):
+                models[arch](x, present)
+        for r in range(args.rounds):
+            for arch in archs:
+                g = _gemm_ms(a, b, args.gemm_calls)
+                gemm_ms.append(g)
+                t = time.perf_counter()
+                models[arch](x, present)
+                ms = (time.perf_counter() - t) * 1e3
+                model_ms[arch].append(ms)
+                paired[arch].append((macs[arch] / ms) / (gemm_gmacs / g))
+                print(f"round {r + 1}/{args.rounds} {arch}: {ms:.0f} ms, gemm {g:.1f} ms", file=sys.stderr)
+    g_best = min(gemm_ms)
+    gemm_rate = gemm_gmacs / g_best * 1e3
+    out["gemm"] = {"n": args.gemm, "gmacs": round(gemm_gmacs, 3), "ms_min": round(g_best, 1),
+                   "ms_all": [round(v, 1) for v in gemm_ms], "gmac_per_s": round(gemm_rate, 1)}
+    out["models"] = {}
+    for arch in archs:
+        best = min(model_ms[arch])
+        rate = macs[arch] / best * 1e3
+        paired_sorted = sorted(paired[arch])
+        out["models"][arch] = {
+            "gmacs": macs[arch], "ms_min": round(best, 1), "ms_all": [round(v, 1) for v in model_ms[arch]],
+            "gmac_per_s": round(rate, 2), "ratio_to_gemm": round(rate / gemm_rate, 3),
+            "ratio_paired_median": round(paired_sorted[len(paired_sorted) // 2], 3),
+            "goal": args.goal, "meets_goal": rate / gemm_rate >= args.goal}
+    if "equiseg" in model_ms and "cmnext" in model_ms:
+        e, c = out["models"]["equiseg"], out["models"]["cmnext"]
+        out["equiseg_vs_cmnext"] = {
+            "time_ratio": round(e["ms_min"] / c["ms_min"], 3), "mac_ratio": round(e["gmacs"] / c["gmacs"], 3),
+            "time_per_mac_ratio": round((e["ms_min"] / e["gmacs"]) / (c["ms_min"] / c["gmacs"]), 3)}
+    out["load_avg_end"] = [round(v, 2) for v in os.getloadavg()]
+    out["note"] = "CPU, shared 2-core machine under load from other jobs; min over rounds; ratios side by side"
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
