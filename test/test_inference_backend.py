@@ -212,3 +212,21 @@ def test_bench_reports_each_backend(toy_onnx, capsys):
     assert "skipped" in out["results"]["tensorrt:dyn.onnx"] or "p50_ms" in out["results"]["tensorrt:dyn.onnx"]
     assert bench.main(["--model", str(toy_onnx / "dyn.onnx"), "--modalities", "radar", "--size", "64"]) == 1
     assert "no modality named 'radar'" in capsys.readouterr().err
+
+
+def test_inference_modules_import_downwards_only():
+    """Issue 13 (8.2): errors and sidecar helpers live below backend and engine_cache, which no longer import each
+    other; nothing in the package imports upwards at module level (no import circles)."""
+    import ast
+
+    pkg = ROOT / "equiseg_ros" / "inference"
+    floor = {"errors": 0, "_sidecar": 1, "_onnx_meta": 1, "_cuda": 1, "_fp16": 1, "_trt_ops": 1, "_toy": 1,
+             "backend": 2, "engine_cache": 2, "_onnx_prep": 3, "onnx_backend": 3, "torch_backend": 3,
+             "tensorrt_backend": 4, "build_engine": 5, "bench": 5}
+    for name, level in floor.items():
+        tree = ast.parse((pkg / f"{name}.py").read_text())
+        top = [n for n in tree.body if isinstance(n, ast.ImportFrom) and (n.module or "").startswith(
+            "equiseg_ros.inference.")]
+        for node in top:
+            dep = node.module.rsplit(".", 1)[-1]
+            assert floor[dep] < level, f"{name} (floor {level}) imports {dep} (floor {floor[dep]}) at module level"
