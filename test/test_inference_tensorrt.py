@@ -834,6 +834,13 @@ def test_static_onnx_is_built_without_a_profile_and_labels_stay_uint8(onnx_files
             *_frame())[0])
 
 
+def test_tensorrt_8_is_refused_with_the_reason(onnx_files, tmp_path, gpu, monkeypatch, caplog):
+    monkeypatch.setattr(sys.modules["tensorrt"], "__version__", "8.6.2")  # JetPack 6.0
+    with caplog.at_level(logging.WARNING, logger="equiseg_ros.inference"):
+        assert load_backend(onnx_files / "dyn.onnx", cache_dir=tmp_path, size=(64, 96)).name == "onnxruntime"
+    assert "TensorRT 8.6.2 is too old" in caplog.text and gpu.builds == []
+
+
 def test_stand_in_models_the_real_constants(gpu):
     trt = sys.modules["tensorrt"]
     assert int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) == 1 and int(trt.TensorIOMode.INPUT) == 1

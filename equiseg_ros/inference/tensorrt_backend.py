@@ -62,6 +62,10 @@ def _trt():
         import tensorrt as trt
     except (ImportError, OSError) as exc:  # e.g. libnvinfer.so missing behind a bindings-only install
         raise BackendUnavailable(f"TensorRT is not usable: import tensorrt failed ({exc})") from None
+    major = str(getattr(trt, "__version__", "0")).split(".")[0]
+    if not major.isdigit() or int(major) < 10:
+        raise BackendUnavailable(f"TensorRT {getattr(trt, '__version__', '?')} is too old: strongly typed builds "
+                                 "need TensorRT 10 (JetPack 6.1 or newer; RTX: pip install 'tensorrt-cu12==10.*')")
     return trt
 
 
