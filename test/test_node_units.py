@@ -222,6 +222,12 @@ def test_node_assembles_every_input_kind_like_the_training_data():
     with ThreadPoolExecutor(4) as pool:
         xp, presentp, failedp = fe.assemble_with_reasons(items, pool)
     assert (xp == x).all() and (presentp == present).all() and failedp == failed
+    # convert.on_arrival: representations computed per message beforehand pass through assemble unchanged, alone
+    # or mixed with raw payloads (the node converts early only while inference is idle)
+    pre = {m: (fe.represent(m, it.data, it.encoding, None), "rgb8") for m, it in items.items()}
+    for mixed in (pre, {**items, "rgb": pre["rgb"], "lidar": pre["lidar"]}):
+        xe, presente, failede = fe.assemble_with_reasons(mixed)
+        assert (xe == x).all() and (presente == present).all() and failede == failed
     # without CameraInfo a point cloud cannot be projected: absent with a reason, the rest still present
     fe.set_camera(None)
     x2, present2, failed2 = fe.assemble_with_reasons({**items, "event": None})

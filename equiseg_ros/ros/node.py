@@ -294,6 +294,8 @@ def _build(managed: bool) -> type:
             self._infer_ms = Window(win)
             self._convert_ms = Window(win)  # decoded messages -> model input (representations, resize, normalise)
             self._wait_ms = Window(win)  # synchronised frame handed over -> inference thread picks it up
+            self._waits_over_period = 0  # frames that waited longer than their anchor sensor's period
+            self._converted_early = 0  # modality messages converted on arrival (convert.on_arrival)
             self._pool = ThreadPoolExecutor(max_workers=min(4, len(self.modalities)),
                                             thread_name_prefix="equiseg-convert")
             self._published = Window(win)
@@ -471,7 +473,18 @@ def _build(managed: bool) -> type:
             if not why:  # buffered: a frame may now be emitted later without a new message
                 self._last_push_steady = time.monotonic()
                 self._arm_poll()
+                self._convert_early(m, rec.decoded, rec.stamp)
             self._poll()
+
+        def _convert_early(self, m: str, dec: Any, stamp: float) -> None:
+            """Start the conversion of a buffered message to its representation now, if the inference thread is
+            idle (it would otherwise compete with a running inference; with the newest-frame policy, frames that
+            arrive while inference runs may be dropped anyway). ``_assemble`` uses the result when the frame is
+            inferred: the sensor front end passes an image already in its representation through unchanged."""
+            w = self._worker
+            if not self.values["convert.on_arrival"] or w is None or w.busy or w.pending or self._pool is None:
+                return
+            dec.prepared = self._pool.submit(self._frontend.represent, m, dec.data, dec.encoding, stamp)
 
         def _arm_poll(self) -> None:
             """Start the poll timer (if stopped): a modality is alive, so time alone may now complete a frame."""
@@ -515,7 +528,11 @@ def _build(managed: bool) -> type:
         def _process(self, item: _Frame) -> None:
             frame = item.synced
             v = self.values
-            self._wait_ms.add(time.monotonic(), (time.monotonic() - item.handed) * 1e3)  # behind a running inference
+            waited = time.monotonic() - item.handed  # behind a running inference
+            self._wait_ms.add(time.monotonic(), waited * 1e3)
+            rate = self.sync.stats()[frame.anchor].rate_hz
+            if rate and waited > 1.0 / rate:  # newest-frame policy: should not happen (a newer frame replaces it)
+                self._waits_over_period += 1
             x, present = self._assemble(frame)
             if v["debug.extra_latency"] > 0:
                 time.sleep(v["debug.extra_latency"])
@@ -564,7 +581,19 @@ def _build(managed: bool) -> type:
         def _assemble(self, frame: Any) -> tuple[np.ndarray, np.ndarray]:
             """Synchronised decoded messages -> model input; a modality whose conversion fails is absent."""
             t0 = time.perf_counter()
-            x, present, failed = self._frontend.assemble_with_reasons(frame.items, self._pool)
+            items = dict(frame.items)
+            early = 0
+            for m, item in items.items():
+                fut = getattr(item, "prepared", None)
+                if fut is None:
+                    continue
+                try:
+                    items[m] = (fut.result(), "rgb8")  # uint8 [H, W, 3] at the input size: passed through as is
+                    early += 1
+                except Exception:  # noqa: BLE001 - converted again below, which reports the reason
+                    pass
+            self._converted_early += early
+            x, present, failed = self._frontend.assemble_with_reasons(items, self._pool)
             self._convert_ms.add(time.monotonic(), (time.perf_counter() - t0) * 1e3)
             for m in self.modalities:
                 if failed.get(m, "") != self._conversion_failed[m] and failed.get(m):
@@ -618,6 +647,9 @@ def _build(managed: bool) -> type:
                 anchor=self._last_anchor, worker_alive=w.alive,
                 extra={"convert_p50_ms": None if conv is None else conv[0],
                        "queue_wait_p50_ms": None if wait is None else wait[0],
+                       "queue_wait_p95_ms": None if wait is None else wait[1],
+                       "waits_over_sensor_period": self._waits_over_period,
+                       "converted_on_arrival": self._converted_early,
                        "dropped_in_sync": self.sync.dropped_total, "dropped_before_inference": w.dropped,
                        "sync_resets": self.sync.resets, "camera_info": self._camera_info is not None,
                        "camera_info_malformed": self._camera_malformed})

@@ -143,6 +143,9 @@ PARAMS: tuple[ParamDef, ...] = (
              "still in flight (big frames arrive one after another); a dead sensor is never waited for",
              in_range(0.0, 10.0), dynamic=True),
     ParamDef("sync.buffer", 5, "messages kept per modality for matching", in_range(1, 100)),
+    ParamDef("convert.on_arrival", True, "convert each message to its model representation as it arrives while the "
+             "inference thread is idle, so only the last message of a frame is converted after synchronisation "
+             "(lower latency; same result)", None, dynamic=True),
     ParamDef("output.resize_to_camera", False, "resize mask/overlay/confidence (NEAREST) to the CameraInfo size",
              None, dynamic=True),
     ParamDef("output.overlay_alpha", 0.5, "weight of the class colour in ~/overlay (0 = image only, 1 = colours)",

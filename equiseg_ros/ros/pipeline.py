@@ -58,6 +58,7 @@ class Decoded:
     encoding: str
     header: Any
     nbytes: int
+    prepared: Any = None  # node: Future of the representation image, converted on arrival (see convert.on_arrival)
 
 
 @dataclass
