@@ -22,14 +22,14 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from equiseg_ros.checkpoint import save_checkpoint  # noqa: E402
+from equiseg_ros.checkpoint import save_checkpoint, sha256_file  # noqa: E402
 from equiseg_ros.config import ModelConfig, to_dict  # noqa: E402
 from equiseg_ros.inference.bench import bench_backend  # noqa: E402
 from equiseg_ros.inference.onnx_backend import OnnxRuntimeBackend  # noqa: E402
 from equiseg_ros.inference.torch_backend import TorchBackend  # noqa: E402
 from equiseg_ros.models.build import build_model, count_params  # noqa: E402
 from equiseg_ros.spec import deliver_spec  # noqa: E402
-from training.export import export_onnx, sha256_file  # noqa: E402
+from training.export import export_onnx  # noqa: E402
 
 
 def main() -> None:

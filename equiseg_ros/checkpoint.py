@@ -10,6 +10,7 @@ where a good one was, and read with ``weights_only=True`` so loading never runs 
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -79,3 +80,12 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> dict[str, An
     except SpecError as exc:
         raise CheckpointError(f"{path}: invalid spec in checkpoint: {exc}") from None
     return ckpt
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks (checkpoints, ONNX files and engines are hashed alike)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()

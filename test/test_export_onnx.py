@@ -11,13 +11,13 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from equiseg_ros.checkpoint import save_checkpoint  # noqa: E402
+from equiseg_ros.checkpoint import save_checkpoint, sha256_file  # noqa: E402
 from equiseg_ros.config import ModelConfig, to_dict  # noqa: E402
 from equiseg_ros.inference._toy import ToyModel  # noqa: E402
 from equiseg_ros.inference.backend import META_CHECKPOINT, META_MODEL, read_onnx_spec  # noqa: E402
 from equiseg_ros.models.deploy import DeployedModel  # noqa: E402
 from equiseg_ros.spec import synthetic_spec  # noqa: E402
-from training.export import ExportError, export_onnx, main, sha256_file  # noqa: E402
+from training.export import ExportError, export_onnx, main  # noqa: E402
 
 SPEC2 = synthetic_spec(["rgb", "depth"])
 

@@ -119,6 +119,7 @@ def test_int8_labels_do_not_depend_on_the_cpu(models):
     # ...which 7-bit weights remove: the same agreement as on this CPU, whatever its kernels.
     assert (native == fp32).mean() >= 0.95
     assert (emulated == fp32).mean() >= 0.95
-    print(f"fp32 agreement: int8 native {(native == fp32).mean():.4f}, int8 AVX2-only {(emulated == fp32).mean():.4f}, "
-          f"8-bit weights AVX2-only {(control == fp32).mean():.4f}; native vs AVX2-only {(emulated == native).mean():.4f}")
+    print(f"fp32 agreement: int8 native {(native == fp32).mean():.4f}, AVX2-only {(emulated == fp32).mean():.4f}, "
+          f"8-bit weights AVX2-only {(control == fp32).mean():.4f}; native vs AVX2-only "
+          f"{(emulated == native).mean():.4f}")
     assert (emulated == native).mean() >= 0.999

@@ -30,7 +30,7 @@ from torch import nn
 if __package__ in (None, ""):  # run as `python training/export.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from equiseg_ros.checkpoint import atomic_write  # noqa: E402
+from equiseg_ros.checkpoint import atomic_write, sha256_file  # noqa: E402
 from equiseg_ros.inference.backend import META_CHECKPOINT, META_EXPORT, META_MODEL, META_SPEC  # noqa: E402
 from equiseg_ros.models.deploy import INPUT_NAMES, OUTPUT_NAMES, DeployedModel  # noqa: E402
 from equiseg_ros.spec import ModelSpec  # noqa: E402
@@ -76,14 +76,6 @@ class ExportReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "min_agreement": self.min_agreement, "max_confidence_diff": self.max_confidence_diff}
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def smooth_sample(spec: ModelSpec, size: tuple[int, int], batch: int = 1, seed: int = 0) -> np.ndarray:

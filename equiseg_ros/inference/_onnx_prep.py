@@ -21,9 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from equiseg_ros.checkpoint import sha256_file
 from equiseg_ros.inference._onnx_meta import OnnxInfo, read_onnx_info
 from equiseg_ros.inference.backend import read_onnx_spec
-from equiseg_ros.inference.engine_cache import EngineRequest, sha256_file
+from equiseg_ros.inference.engine_cache import EngineRequest
 from equiseg_ros.inference.errors import BackendError
 
 

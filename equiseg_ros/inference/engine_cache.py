@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from equiseg_ros.checkpoint import atomic_write
+from equiseg_ros.checkpoint import atomic_write, sha256_file
 from equiseg_ros.inference._sidecar import (  # noqa: F401  (re-exported)
     KEY_FIELD_NAMES,
     SIDECAR_FORMAT,
@@ -181,13 +181,6 @@ def mismatches(side: dict[str, Any], req: EngineRequest, dev: DeviceInfo) -> lis
             out.append(f"{name}: engine has {side.get(name)!r}, need {value!r}")
     return out
 
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def check_engine_file(engine_path: str | Path, side: dict[str, Any]) -> list[str]:

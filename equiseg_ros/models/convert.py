@@ -10,7 +10,6 @@ any other checkpoint. The facts per source are in ``FORMATS`` and in ``../shared
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import re
 import sys
@@ -20,6 +19,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from equiseg_ros.checkpoint import sha256_file
 from equiseg_ros.config import ModelConfig, to_dict
 from equiseg_ros.models.mit import LN_EPS_ALL_1E5, LN_EPS_OFFICIAL, MIT_CONFIGS, hf_to_official, is_hf_state_dict
 from equiseg_ros.spec import (
@@ -389,13 +389,6 @@ def convert_state(fmt_name: str, path: str | Path, *, preset: str | None = None,
                      "(one git blob): this is the stage-1 model whichever name it has")
     return Converted(net.state_dict(), spec, cfg, notes, dropped)
 
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def convert_file(fmt_name: str, src: str | Path, out: str | Path, **kw: Any) -> dict[str, Any]:
