@@ -9,7 +9,7 @@ initialised models of the student's architecture, so nothing needs to be trained
 
     python bench/bench_training.py                    # defaults: 256² batch 2 for the ratio, 512² batch 2 for images/s
     python bench/bench_training.py --steps 5 --size 512
-    python bench/bench_training.py --only-experiment --experiment-size 96 --experiment-batch 8
+    python bench/bench_training.py --only-experiment --experiment-size 64 --experiment-batch 8
 
 The paper reports 40 GB vs 22 GB (1.82x) for stage 2 vs supervised; our aim is under 1.3x: teachers run under
 ``torch.inference_mode()`` and only their logits and [B, K, d] prototypes outlive their forward pass.
@@ -136,11 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads in each child (1 avoids spin-waiting on a "
                    "shared CPU)")
     p.add_argument("--decoder-dim", type=int, default=768, help="M-SegFormer head width (768 = AnySeg/RMMSS)")
-    p.add_argument("--experiment-size", type=int, default=96, help="image size of the issue-15 experiment's "
-                   "throughput figures (default 96)")
+    p.add_argument("--experiment-size", type=int, default=64, help="image size of the issue-15 experiment's "
+                   "throughput figures (default 64)")
     p.add_argument("--experiment-batch", type=int, default=8, help="batch of the experiment figures (default 8)")
-    p.add_argument("--experiment-decoder-dim", type=int, default=128,
-                   help="M-SegFormer / CMNeXt head width in the experiment (default 128, the demo model's)")
+    p.add_argument("--experiment-decoder-dim", type=int, default=256,
+                   help="M-SegFormer / CMNeXt head width in the experiment (default 256, as --decoder-dim of the run)")
     p.add_argument("--only-experiment", action="store_true", help="measure only the experiment's models")
     p.add_argument("--sgm-weight", type=float, default=60.0, help=argparse.SUPPRESS)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
