@@ -713,7 +713,7 @@ def _build(managed: bool) -> type:
                     return
                 except Exception as exc:  # noqa: BLE001 - ParamError (spec vs parameters) or rclpy errors
                     err = exc
-                    loader.backend.close()
+                    loader.discard()
                     self.backend = None
             self.fatal = err
             self._set_state("error", _error_text(err))
