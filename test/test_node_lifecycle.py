@@ -191,3 +191,32 @@ def test_node_shutdown_during_startup(model, tmp_path, managed):
     text = log_path.read_text()
     _clean_exit(code, text)
     assert "shutting down" in text, text
+
+
+@pytest.mark.parametrize("managed", [False, True], ids=["plain", "managed"])
+def test_shutdown_cancels_a_long_model_load(model, tmp_path, managed):
+    """A load that would take 120 s (``debug.load_delay`` stands in for a TensorRT build and waits on the same cancel
+    event): SIGINT mid-load ends the node long before that, exit code 0 - plain node (background load) and managed
+    node (inside configure, which blocks its executor)."""
+    env = rh.ros_env(35 if managed else 36)
+    log_path = tmp_path / "node.log"
+    client = None
+    with open(log_path, "w") as log:
+        node = subprocess.Popen(rh.node_command(model, *FAST, "debug.load_delay:=120.0", managed=managed), env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
+        try:
+            if managed:
+                _wait_log(log_path, "waiting for configure", node)
+                client = subprocess.Popen([sys.executable, str(Path(rh.__file__)), "lifecycle", rh.NODE, "configure"],
+                                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            _wait_log(log_path, "debug.load_delay: waiting", node)
+            code = _stop(node, (signal.SIGINT,), timeout=60)  # would be > 120 s if the cancel did not reach the load
+        finally:
+            if node.poll() is None:
+                node.kill()
+            if client is not None and client.poll() is None:
+                client.kill()
+                client.wait()
+    text = log_path.read_text()
+    _clean_exit(code, text)
+    assert "cancelled" in text and "shutting down (SIGINT)" in text, text

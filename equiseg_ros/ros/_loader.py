@@ -72,6 +72,11 @@ def load_model(values: Mapping[str, Any], *, on_progress: ProgressFn | None = No
     opts, notes = backend_options(values, on_progress=on_progress, cancel=cancel)
     for note in notes:
         say(note)
+    delay = float(values.get("debug.load_delay", 0.0) or 0.0)
+    if delay > 0:  # stands in for a long engine build in tests: waits on the same cancel event
+        say(f"debug.load_delay: waiting {delay:g} s before loading (emulated engine build)")
+        if (cancel or threading.Event()).wait(delay):
+            raise LoadCancelled(f"{values['model_path']}: loading cancelled (shutdown) during debug.load_delay")
     t0 = time.perf_counter()
     backend = load_backend(values["model_path"], prefer=values["backend.prefer"], **opts)
     if cancel is not None and cancel.is_set():

@@ -103,7 +103,7 @@ def _build(managed: bool) -> type:
     from std_msgs.msg import String
 
     from equiseg_ros.ros import codecs
-    from equiseg_ros.ros._loader import BackgroundLoad, load_model
+    from equiseg_ros.ros._loader import BackgroundLoad, LoadCancelled, load_model
     from equiseg_ros.ros.pipeline import FramePipeline, time_can_emit
     from equiseg_ros.ros.worker import InferenceWorker
 
@@ -389,6 +389,8 @@ def _build(managed: bool) -> type:
                 if not loader.join(timeout):
                     self.get_logger().warning(f"model loading did not stop within {timeout} s; exiting anyway")
                 elif self.backend is None:
+                    if isinstance(loader.error, LoadCancelled):
+                        self.get_logger().info(f"model loading cancelled: {loader.error}")
                     loader.discard()
             self._cleanup(timeout)
 
@@ -735,7 +737,10 @@ def _build(managed: bool) -> type:
 
         def _fail(self, stage: str, exc: BaseException) -> Any:
             text = _error_text(exc)
-            self.get_logger().error(f"{stage} failed: {text}")
+            if self._stopping and isinstance(exc, LoadCancelled):
+                self.get_logger().info(f"{stage} cancelled by shutdown: {text}")
+            else:
+                self.get_logger().error(f"{stage} failed: {text}")
             self._error = f"{stage} failed: {text}"
             return TransitionCallbackReturn.ERROR
 
@@ -776,8 +781,9 @@ def _build(managed: bool) -> type:
         def on_error(self, state: Any) -> Any:
             """ErrorProcessing: release whatever the failed transition left, then back to unconfigured."""
             self._cleanup()
-            msg = getattr(self, "_error", "") or "transition failed"
-            self._set_state("error", f"{msg}; unconfigured again: fix the parameter and configure")
+            if not self._stopping:  # (a build cancelled by shutdown is no error to fix)
+                msg = getattr(self, "_error", "") or "transition failed"
+                self._set_state("error", f"{msg}; unconfigured again: fix the parameter and configure")
             return TransitionCallbackReturn.SUCCESS
 
     return ManagedPerceptionNode if managed else PerceptionNode

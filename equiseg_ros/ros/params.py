@@ -180,6 +180,8 @@ PARAMS: tuple[ParamDef, ...] = (
              "one-time transport warning", in_range(0.0, 600.0, lo_open=True), dynamic=True),
     ParamDef("debug.extra_latency", 0.0, "seconds slept per inference (testing: emulates a slow backend)",
              in_range(0.0, 10.0), dynamic=True),
+    ParamDef("debug.load_delay", 0.0, "seconds the model load waits before loading (testing: emulates a long "
+             "TensorRT engine build; a shutdown cancels it like a build)", in_range(0.0, 3600.0)),
 )
 
 PARAM_INDEX: dict[str, ParamDef] = {p.name: p for p in PARAMS}
