@@ -524,6 +524,38 @@ def _lifecycle_drive(scenario: dict[str, Any], out_path: str) -> None:
     rclpy.try_shutdown()
 
 
+def _probe(target: str, seconds: float, out_path: str) -> None:
+    """Record the node's inference status on /diagnostics for ``seconds`` and ask it for ``model_path`` through its
+    parameter service: proves the node answers while it loads (the executor is not blocked)."""
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rcl_interfaces.srv import GetParameters
+
+    from equiseg_ros.ros.diagnostics import from_msg
+
+    rclpy.init()
+    node = rclpy.create_node("equiseg_probe")
+    record: dict[str, Any] = {"diagnostics": [], "model_path": None}
+
+    def on_diag(msg: Any) -> None:
+        record["diagnostics"] += [{"message": st["message"], "values": st["values"]} for st in from_msg(msg)
+                                  if st["name"].endswith(": inference")]
+
+    node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
+    client = node.create_client(GetParameters, f"{target}/get_parameters")
+    end = time.time() + seconds
+    if client.wait_for_service(timeout_sec=seconds):
+        fut = client.call_async(GetParameters.Request(names=["model_path"]))
+        rclpy.spin_until_future_complete(node, fut, timeout_sec=max(1.0, end - time.time()))
+        if fut.done() and fut.result() is not None:
+            record["model_path"] = fut.result().values[0].string_value
+    while time.time() < end:
+        rclpy.spin_once(node, timeout_sec=0.05)
+    Path(out_path).write_text(json.dumps(record))
+    node.destroy_node()
+    rclpy.try_shutdown()
+
+
 # ---- process helpers used by the tests and the benchmark ----------------------------------------------------
 def node_command(model: Path, *overrides: str, params_file: Path | None = PARAMS_FILE,
                  managed: bool = False) -> list[str]:
@@ -552,13 +584,16 @@ def main(argv: list[str]) -> int:
     if len(argv) == 3 and argv[0] == "lifecycle-drive":
         _lifecycle_drive(json.loads(Path(argv[1]).read_text()), argv[2])
         return 0
+    if len(argv) == 4 and argv[0] == "probe":
+        _probe(argv[1], float(argv[2]), argv[3])
+        return 0
     if len(argv) >= 3 and argv[0] == "lifecycle":
         return lifecycle_cli(argv[1], argv[2:])
     if len(argv) >= 2 and argv[0] == "export":
         export_tiny(Path(argv[1]), int(argv[2]) if len(argv) > 2 else 64)
         return 0
     print("usage: ros_helpers.py drive SCENARIO.json RESULT.json | lifecycle-drive SCENARIO.json RESULT.json | "
-          "lifecycle NODE TRANSITION... | export OUT.onnx [SIZE]", file=sys.stderr)
+          "lifecycle NODE TRANSITION... | probe NODE SECONDS OUT.json | export OUT.onnx [SIZE]", file=sys.stderr)
     return 2
 
 

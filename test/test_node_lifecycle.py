@@ -196,8 +196,9 @@ def test_node_shutdown_during_startup(model, tmp_path, managed):
 @pytest.mark.parametrize("managed", [False, True], ids=["plain", "managed"])
 def test_shutdown_cancels_a_long_model_load(model, tmp_path, managed):
     """A load that would take 120 s (``debug.load_delay`` stands in for a TensorRT build and waits on the same cancel
-    event): SIGINT mid-load ends the node long before that, exit code 0 - plain node (background load) and managed
-    node (inside configure, which blocks its executor)."""
+    event): the plain node meanwhile answers its parameter service and reports ``loading`` with the progress line on
+    /diagnostics; SIGINT mid-load ends the node long before the 120 s, exit code 0 - plain node (background load)
+    and managed node (inside configure, which blocks its executor)."""
     env = rh.ros_env(35 if managed else 36)
     log_path = tmp_path / "node.log"
     client = None
@@ -210,6 +211,15 @@ def test_shutdown_cancels_a_long_model_load(model, tmp_path, managed):
                 client = subprocess.Popen([sys.executable, str(Path(rh.__file__)), "lifecycle", rh.NODE, "configure"],
                                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             _wait_log(log_path, "debug.load_delay: waiting", node)
+            if not managed:  # the plain node answers and reports while it loads
+                probe = subprocess.run([sys.executable, str(Path(rh.__file__)), "probe", rh.NODE, "4.0",
+                                        str(tmp_path / "probe.json")], env=env, capture_output=True, text=True,
+                                       timeout=120)
+                assert probe.returncode == 0, probe.stdout + probe.stderr
+                seen = json.loads((tmp_path / "probe.json").read_text())
+                assert seen["model_path"] == str(model), seen
+                loading = [d for d in seen["diagnostics"] if d["values"].get("state") == "loading"]
+                assert loading and "emulated engine build" in loading[-1]["values"]["progress"], seen
             code = _stop(node, (signal.SIGINT,), timeout=60)  # would be > 120 s if the cancel did not reach the load
         finally:
             if node.poll() is None:
