@@ -10,8 +10,8 @@
 Arguments (``ros2 launch ... --show-args`` prints them): model_path (required), params_file (default: the
 installed config/perception.yaml), namespace, use_sim_time (bag replay with --clock), remappings ("from:=to" pairs
 separated by ';' or ','), fastdds_profile (default: the installed config/fastdds_shm.xml; ``none`` = Fast DDS
-defaults), managed (lifecycle node), engine_precision / engine_cache_dir / engine_build_on_start (TensorRT engine;
-empty = the params file's value), log_level.
+defaults), managed (lifecycle node), autostart (managed: configure + activate from this launch), engine_precision /
+engine_cache_dir / engine_build_on_start (TensorRT engine; empty = the params file's value), log_level.
 
 Fast DDS profile: FASTDDS_DEFAULT_PROFILES_FILE is set to fastdds_profile for this launch (the node and anything
 launched after it in the same scope) unless the environment already sets it: your own profile wins. ``none`` (or
@@ -22,6 +22,8 @@ drivers in OTHER launches must use the same profile for the shared-memory transp
 Managed: ``managed:=true`` starts the lifecycle variant (``perception_node --managed``) as a launch_ros
 LifecycleNode: it waits in *unconfigured* until a lifecycle manager (or ``ros2 lifecycle set
 /perception_node configure`` then ``activate``) brings it up; configure loads the model / builds the engine.
+``autostart:=true`` makes this launch request configure, and activate once configure succeeded (a failed configure
+leaves the node unconfigured, reported on /rosout and /diagnostics).
 
 The helpers above ``generate_launch_description`` are plain Python (no ``launch`` import) so the tests can check
 them; ``launch`` and ``launch_ros`` are imported only when ROS 2 actually launches this file.
@@ -56,6 +58,8 @@ ARGUMENTS = {
     "managed": ("false", "true = lifecycle (managed) node: waits unconfigured; configure loads the model / builds "
                          "the engine, activate subscribes and publishes (drive it with a lifecycle manager or "
                          "'ros2 lifecycle set /<namespace>/perception_node configure|activate')"),
+    "autostart": ("false", "with managed:=true: true = this launch configures and then activates the node itself "
+                           "(activate only after a successful configure); false = wait for a lifecycle manager"),
     "engine_precision": ("", "TensorRT engine precision fp32, fp16 or int8 (node parameter engine.precision); "
                              "empty = the params file's value"),
     "engine_cache_dir": ("", "directory of built TensorRT engines (engine.cache_dir); empty = the params file's "
@@ -143,6 +147,32 @@ def node_arguments(arg: Mapping[str, str]) -> list[str]:
     return ([MANAGED_FLAG] if managed else []) + ["--ros-args", "--log-level", arg["log_level"]]
 
 
+def autostart_transitions(arg: Mapping[str, str]) -> list[str]:
+    """Lifecycle transitions this launch requests itself: configure, then activate once configure succeeded."""
+    managed = as_bool(arg.get("managed", "false"), "managed")
+    auto = as_bool(arg.get("autostart", "false"), "autostart")
+    if auto and not managed:
+        raise ValueError("autostart: only meaningful with managed:=true (the plain node starts by itself)")
+    return ["configure", "activate"] if auto else []
+
+
+def _autostart_actions(node: Any) -> list[Any]:
+    """configure now; activate when the node reaches inactive *from configuring* (not after a manual deactivate)."""
+    from launch.actions import EmitEvent, RegisterEventHandler
+    from launch.events import matches_action
+    from launch_ros.event_handlers import OnStateTransition
+    from launch_ros.events.lifecycle import ChangeState
+    from lifecycle_msgs.msg import Transition
+
+    def request(transition_id: int) -> Any:
+        return EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node), transition_id=transition_id))
+
+    return [RegisterEventHandler(OnStateTransition(target_lifecycle_node=node, start_state="configuring",
+                                                   goal_state="inactive",
+                                                   entities=[request(Transition.TRANSITION_ACTIVATE)])),
+            request(Transition.TRANSITION_CONFIGURE)]
+
+
 def generate_launch_description():
     from ament_index_python.packages import get_package_share_directory
     from launch.actions import (
@@ -173,12 +203,16 @@ def generate_launch_description():
             actions.append(UnsetEnvironmentVariable(PROFILE_ENV))
             actions.append(LogInfo(msg=f"Fast DDS profile: built-in defaults ({PROFILE_ENV} removed)"))
         managed = as_bool(arg["managed"], "managed")
+        auto = autostart_transitions(arg)
         node_cls = LifecycleNode if managed else Node
-        actions.append(node_cls(
+        node = node_cls(
             package=PACKAGE, executable=EXECUTABLE, name=NODE_NAME, namespace=arg["namespace"], output="screen",
             parameters=[arg["params_file"], inline_parameters(arg)],
             remappings=parse_remappings(arg["remappings"]),
-            arguments=node_arguments(arg)))
+            arguments=node_arguments(arg))
+        actions.append(node)
+        if auto:
+            actions += _autostart_actions(node)
         return actions
 
     declared = [DeclareLaunchArgument(name, default_value=default if default is not None else defaults[name],

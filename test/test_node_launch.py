@@ -22,7 +22,12 @@ LAUNCH = ROOT / "launch" / "perception.launch.py"
 KNOWN_API = {
     "launch": {"LaunchDescription"},
     "launch.actions": {"DeclareLaunchArgument", "LogInfo", "OpaqueFunction", "SetEnvironmentVariable",
-                       "UnsetEnvironmentVariable", "IncludeLaunchDescription", "GroupAction"},
+                       "UnsetEnvironmentVariable", "IncludeLaunchDescription", "GroupAction", "EmitEvent",
+                       "RegisterEventHandler"},
+    "launch.events": {"matches_action"},
+    "launch_ros.event_handlers": {"OnStateTransition"},
+    "launch_ros.events.lifecycle": {"ChangeState"},
+    "lifecycle_msgs.msg": {"Transition"},
     "launch.substitutions": {"LaunchConfiguration", "EnvironmentVariable", "PathJoinSubstitution"},
     "launch_ros.actions": {"Node", "LifecycleNode", "PushRosNamespace"},
     "ament_index_python.packages": {"get_package_share_directory"},
@@ -127,17 +132,44 @@ def test_every_referenced_file_exists_and_is_installed():
         assert (dest, rel) in installed, f"{rel} is not installed to {dest} by setup.py"
 
 
-def test_launch_imports_are_known_api_and_only_inside_generate():
+def test_launch_imports_are_known_api_and_only_inside_functions():
     tree = _tree()
     top_imports = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
     assert not [n for n in top_imports if isinstance(n, ast.ImportFrom) and n.module and
-                n.module.split(".")[0] in ("launch", "launch_ros", "ament_index_python")]
-    gen = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "generate_launch_description")
-    for node in ast.walk(gen):
-        if isinstance(node, ast.ImportFrom):
-            assert node.module in KNOWN_API, node.module
-            for alias in node.names:
-                assert alias.name in KNOWN_API[node.module], f"{node.module}.{alias.name}"
+                n.module.split(".")[0] in ("launch", "launch_ros", "ament_index_python", "lifecycle_msgs")]
+    funcs = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in (
+        "generate_launch_description", "_autostart_actions")]
+    assert len(funcs) == 2
+    seen = set()
+    for func in funcs:
+        for node in ast.walk(func):
+            if isinstance(node, ast.ImportFrom):
+                assert node.module in KNOWN_API, node.module
+                for alias in node.names:
+                    assert alias.name in KNOWN_API[node.module], f"{node.module}.{alias.name}"
+                    seen.add(f"{node.module}.{alias.name}")
+    assert "launch_ros.actions.LifecycleNode" in seen and "launch_ros.events.lifecycle.ChangeState" in seen
+
+
+def test_autostart_configures_then_activates_only_managed_nodes():
+    mod = _load_module()
+    assert mod.autostart_transitions({"managed": "true", "autostart": "true"}) == ["configure", "activate"]
+    assert mod.autostart_transitions({"managed": "true", "autostart": "false"}) == []
+    assert mod.autostart_transitions({"managed": "false", "autostart": "false"}) == []
+    with pytest.raises(ValueError, match="managed:=true"):
+        mod.autostart_transitions({"managed": "false", "autostart": "true"})
+    # activate is requested only on configuring -> inactive (a manual deactivate must not re-activate the node)
+    func = next(n for n in _tree().body if isinstance(n, ast.FunctionDef) and n.name == "_autostart_actions")
+    kws = {k.arg: k.value.value for n in ast.walk(func) if isinstance(n, ast.Call)
+           and getattr(n.func, "id", "") == "OnStateTransition" for k in n.keywords
+           if isinstance(k.value, ast.Constant)}
+    assert kws == {"start_state": "configuring", "goal_state": "inactive"}
+    # (the state labels are the ones the real node's transition_event carries: test_node_lifecycle.py checks them)
+    from lifecycle_msgs.msg import Transition
+
+    attrs = {n.attr for n in ast.walk(func) if isinstance(n, ast.Attribute)}
+    assert {"TRANSITION_CONFIGURE", "TRANSITION_ACTIVATE"} <= attrs
+    assert Transition.TRANSITION_CONFIGURE == 1 and Transition.TRANSITION_ACTIVATE == 3
 
 
 def test_launch_arguments_and_helpers():

@@ -112,6 +112,8 @@ def test_managed_node_transitions_failing_configure_recovers(model, tmp_path):
     # 2, 3: fixed parameter, configure again
     assert steps[2]["results"][0]["successful"], steps[2]
     assert steps[3]["success"] is True and steps[3]["state"] == "inactive", steps[3]
+    # the labels launch's OnStateTransition(start_state="configuring", goal_state="inactive") matches for autostart
+    assert ("configuring", "inactive") in [(e["start"], e["goal"]) for e in record["events"] if e["step"] == 3]
     # configure said on /diagnostics what it was doing while it blocked the node's executor (loading + progress)
     loading = [d for d in record["diagnostics"] if d["step"] == 3 and d["values"].get("state") == "loading"]
     assert loading and "loading" in loading[0]["message"], record["diagnostics"]
