@@ -33,8 +33,9 @@ class FeatureRectify(nn.Module):
         pooled = torch.cat([cat.mean((2, 3)), cat.amax((2, 3))], dim=1)
         cw = self.channel_mlp(pooled).reshape(-1, 2, self.dim, 1, 1)
         sw = self.spatial(cat)
-        out1 = x1 + self.lambda_c * cw[:, 1] * x2 + self.lambda_s * sw[:, 1:2] * x2
-        out2 = x2 + self.lambda_c * cw[:, 0] * x1 + self.lambda_s * sw[:, 0:1] * x1
+        # x1 + lc*cw*x2 + ls*sw*x2 as x1 + x2 * (lc*cw + ls*sw): two passes over the maps instead of four
+        out1 = torch.addcmul(x1, x2, self.lambda_c * cw[:, 1] + self.lambda_s * sw[:, 1:2])
+        out2 = torch.addcmul(x2, x1, self.lambda_c * cw[:, 0] + self.lambda_s * sw[:, 0:1])
         return out1, out2
 
 
