@@ -378,6 +378,11 @@ def _build(managed: bool) -> type:
             if not self._stopping:
                 self._set_state("unconfigured", "model released")
 
+        def request_stop(self) -> None:
+            """Any thread: from now on nothing new starts, and a running model load / engine build is cancelled."""
+            self._stopping = True
+            self._cancel.set()
+
         def shutdown_node(self, hurry: bool = False) -> None:
             """Bounded teardown (main thread, after the executor stopped): cancel a build, stop inference."""
             self._stopping = True
@@ -861,10 +866,8 @@ def main(argv: list[str] | None = None) -> int:
             code = 1
         else:
             node.get_logger().info(f"shutting down ({waker.names()})")
-        node._stopping = True
-        node._cancel.set()  # an engine build stops now (and keeps its timing cache)
-        executor.shutdown(timeout_sec=0)
-        executor.wake()
+        node.request_stop()  # an engine build stops now (and keeps its timing cache)
+        executor.shutdown(timeout_sec=0)  # wakes the spin thread, which returns after its current callback
         spin.join(0.5 if waker.hurry else SHUTDOWN_WAIT)
         node.shutdown_node(hurry=waker.hurry)
         node.destroy_node()
