@@ -103,7 +103,9 @@ def run_config(onnx: Path, size: int, profile: str, reliability: str, period: fl
     duration = period * (args.frames + 2) + 0.5
     scenario = {"rate": 1.0 / period, "camera_hw": [size, size], "points": args.points, "event_raw": True,
                 "pregen": 3, "record_all_outputs": False, "mask_ids": False, "sensor_reliability": reliability,
-                "tail": period + 1.0, "phases": [{"name": "run", "duration": duration}], "startup_timeout": 90}
+                "tail": period + 1.0, "phases": [{"name": "run", "duration": duration}],
+                # the node loads and warms up (2 inferences) before it subscribes: minutes at 1024² under load
+                "startup_timeout": max(90.0, 5 * period + 30.0)}
     (tmp / "s.json").write_text(json.dumps(scenario))
     overrides = ["inputs.event.type:=image", "inputs.lidar.type:=pointcloud2", "inputs.lidar.topic:=lidar/points",
                  "inputs.lidar.extrinsic:=[0.0,0.0,0.0,0.0,0.0,0.0,1.0]",  # points in the camera frame (required)
@@ -141,6 +143,7 @@ def run_config(onnx: Path, size: int, profile: str, reliability: str, period: fl
     present = next((v["modalities_present"] for v in reversed(inf) if v.get("modalities_present")), "")
     sensors = [s["values"] for d in rec["diagnostics"][-1:] for s in d["status"] if ": sensor " in s["name"]]
     out = {"sent": rec["published"].get("rgb", 0), "masks": len(masks) + 2, "modalities_present": present,
+           "driver_error": rec.get("error") or None,
            "e2e_p50_ms": round(float(np.percentile(lat, 50)), 1) if lat.size else None,
            "e2e_p95_ms": round(float(np.percentile(lat, 95)), 1) if lat.size else None,
            "node_stamp_to_publish_p50_ms": round(node_lat, 1), "node_infer_p50_ms": round(node_inf, 1),
