@@ -162,6 +162,10 @@ class Trainer:
                     if self.dist.is_main else NullLog())
         if self.dist.is_main:
             save_config(cfg, self.run_dir / "config.yaml")
+            mode = cfg.masking.resolved_mode(cfg.method)
+            if mode != "none":  # which masking a run used is part of its result (issue 15)
+                print(f"[train] modality masking: {mode} (prob {cfg.masking.prob}, flag_absent "
+                      f"{cfg.masking.flag_absent}, zero_only_prob {cfg.masking.zero_only_prob})")
 
     # -- setup ---------------------------------------------------------------------------------------------------
     def _device(self) -> torch.device:
@@ -459,7 +463,8 @@ class Trainer:
         self.save("last.pt")
         if c.dist.dump_rank_weights:
             torch.save(self.model.state_dict(), self.run_dir / f"rank{self.dist.rank}_weights.pt")
-        summary = {"method": c.method, "iterations": self.iteration, "resumed_from": start,
+        summary = {"method": c.method, "masking_mode": c.masking.resolved_mode(c.method),
+                   "iterations": self.iteration, "resumed_from": start,
                    "train_seconds": round(train_seconds, 2), "world_size": self.dist.world_size,
                    "final": last_val, "best_metric": c.val.best_metric, "best_value": self.best_value}
         if self.dist.is_main:
