@@ -91,3 +91,18 @@ def test_layout_helpers_keep_values():
         assert torch.equal(st, torch.stack(maps, 1))
         assert st[:, 1].stride()[1:] == (1, 3 * 6, 6)  # each slice: channels innermost, dense rows
     assert st[:1, 1].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_exclusive_max_is_masked_max_bitwise():
+    """EQUISeg's shared prefix/suffix maxima equal the masked max over the other present maps, bit for bit."""
+    from equiseg_ros.models.equiseg import _exclusive_max
+    from equiseg_ros.models.fusion import masked_max
+
+    g = torch.Generator().manual_seed(5)
+    for m in (2, 3, 4):
+        stack = torch.randn(3, m, 5, 4, 6, generator=g)
+        present = torch.rand(3, m, generator=g) > 0.4
+        present[0] = True
+        for i, got in enumerate(_exclusive_max(stack, present)):
+            others = (torch.arange(m) != i)[None, :]
+            assert torch.equal(got, masked_max(stack, present & others)), (m, i, present)

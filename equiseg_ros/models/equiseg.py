@@ -35,10 +35,47 @@ from torch import nn
 from equiseg_ros.models._base import SegModel
 from equiseg_ros.models.fusion import PPX, CrossModalAttention, SelfQueryHub, any_present, masked_mean, stack_maps
 from equiseg_ros.models.head import SegFormerHead
-from equiseg_ros.models.mit import MiTConfig, MixTransformer, drop_path_rates
+from equiseg_ros.models.mit import MiTConfig, MixTransformer, _tracing, drop_path_rates
 from equiseg_ros.spec import ModelSpec
 
 PPX_MLP_RATIOS = (8, 8, 4, 4)
+
+
+def _exclusive_max(stack: torch.Tensor, present: torch.Tensor) -> list[torch.Tensor]:
+    """For every i, the element-wise max over the present maps other than i (zeros when there is none): equal,
+    bit for bit, to ``masked_max(stack, present & others_i)``, but from shared prefix/suffix maxima, so M primaries
+    cost about 3M map passes instead of M masked copies and reductions of the whole [B, M, C, H, W] stack (eager
+    only: it branches on ``present``'s values)."""
+    m = stack.shape[1]
+    maps = []
+    for j in range(m):
+        f = stack[:, j]
+        pj = present[:, j]
+        if not bool(pj.all()):
+            f = torch.where(pj[:, None, None, None], f, f.new_full((), float("-inf")))
+        maps.append(f)
+    prefix = {0: maps[0]}  # prefix[j] = max(maps[0..j]), suffix[j] = max(maps[j..m-1]); only the ones used
+    for j in range(1, m - 1):
+        prefix[j] = torch.maximum(prefix[j - 1], maps[j])
+    suffix = {m - 1: maps[m - 1]}
+    for j in range(m - 2, 0, -1):
+        suffix[j] = torch.maximum(maps[j], suffix[j + 1])
+    out = []
+    for i in range(m):
+        if m == 1:
+            out.append(torch.zeros_like(stack[:, 0]))
+            continue
+        if i == 0:
+            r = suffix[1]
+        elif i == m - 1:
+            r = prefix[m - 2]
+        else:
+            r = torch.maximum(prefix[i - 1], suffix[i + 1])
+        any_other = torch.cat([present[:, :i], present[:, i + 1:]], 1).any(1)
+        if not bool(any_other.all()):
+            r = torch.where(any_other[:, None, None, None], r, r.new_zeros(()))
+        out.append(r)
+    return out
 
 
 class CMTB(nn.Module):
@@ -89,15 +126,19 @@ class EQUISeg(SegModel):
         if self.cmtb is None:
             return feats
         stack = self.hub[s].score(feats) if self.hub is not None else stack_maps(feats)
+        exclusive = _exclusive_max(stack, present) if self.hub is not None and not _tracing() else None
         out = []
         for i in range(m):
             others = (torch.arange(m, device=present.device) != i)[None, :]
             aux_mask = present & others
-            aux = SelfQueryHub.fuse(stack, aux_mask) if self.hub is not None else masked_mean(stack, aux_mask)
+            if exclusive is not None:
+                aux = exclusive[i]
+            else:
+                aux = SelfQueryHub.fuse(stack, aux_mask) if self.hub is not None else masked_mean(stack, aux_mask)
             f_c = self.cmtb[s][i](feats[i], aux)
             has_aux = any_present(aux_mask).to(f_c.dtype)[:, None, None, None]
             if self.residual:
-                out.append(feats[i] + f_c * has_aux)
+                out.append(torch.addcmul(feats[i], f_c, has_aux))  # feats + f_c * has_aux, one pass
             else:
                 out.append(f_c * has_aux + feats[i] * (1.0 - has_aux))
         return out

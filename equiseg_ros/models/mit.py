@@ -103,6 +103,12 @@ def map_to_tokens(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(2).transpose(1, 2)
 
 
+def _tracing() -> bool:
+    """True while tracing, scripting, exporting to ONNX or compiling: those see the plain graph."""
+    return bool(torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
+                or torch.compiler.is_compiling())
+
+
 def channels_last(x: torch.Tensor) -> torch.Tensor:
     """``x`` in channels-last memory (a no-op when it already is, and in ONNX export)."""
     return x.contiguous(memory_format=torch.channels_last)
@@ -192,6 +198,10 @@ class Block(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        if not torch.is_grad_enabled() and not _tracing():
+            # inference: residuals added in place (no new [B, N, C] buffer per add; drop path is the identity)
+            x = x.add_(self.attn(self.norm1(x), h, w))  # x is this forward's own buffer (patch embedding)
+            return x.add_(self.mlp(self.norm2(x), h, w))
         x = x + self.drop_path(self.attn(self.norm1(x), h, w))
         return x + self.drop_path(self.mlp(self.norm2(x), h, w))
 
