@@ -12,6 +12,10 @@ The paper's argmax has no gradient and its Appendix B.2 (the FSM's gradient path
   FSM still learns from the distillation losses it feeds;
 - ``soft``: the softmax-weighted mixture in both passes (a blend, not a selection);
 - ``none``: Eq. 8 literally; the FSM keeps its initial weights.
+
+The two inputs must be on one scale ("normalized to a unified scale", RMMSS §FSM): selecting on raw values picks the
+larger magnitude. ``training.methods.unify_teachers`` does that before this module (``loss.fsm_normalize``);
+``loss.fsm_mode: basic`` replaces the FSMs with RMMSS Table 4's fixed 0.5 / 0.5 weighting of the two teachers.
 """
 from __future__ import annotations
 

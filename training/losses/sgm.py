@@ -9,6 +9,11 @@ Choice the paper leaves open: the teacher side is detached by default (``detach_
 every step each modality is pulled towards every other one over time, while a single step never lets the strong
 modality be dragged towards the weak one - which is what the module exists to prevent. ``detach_teacher=False``
 gives the symmetric (both sides learn) variant.
+
+Reduction (``loss.sgm_reduction``, issue 15): Eq. 4 sums the KL over the C classes; ``"mean"`` (the default, through
+``loss.kl_reduction``) divides that by K, the scale of the authors' RobustSeg/UMMSS prototype distillation
+(``kl_div(reduction="mean")`` over the [K, d] prototype matrix), which is the scale lambda = 60 assumes; ``"sum"``
+is Eq. 4 as written (then lambda = 60 weighs the term K times heavier).
 """
 from __future__ import annotations
 
