@@ -106,3 +106,13 @@ def test_exclusive_max_is_masked_max_bitwise():
         for i, got in enumerate(_exclusive_max(stack, present)):
             others = (torch.arange(m) != i)[None, :]
             assert torch.equal(got, masked_max(stack, present & others)), (m, i, present)
+
+
+@pytest.mark.parametrize("arch", ["equiseg", "cmnext", "m_segformer"])
+def test_summary_counts_published_and_executed_macs(arch):
+    """``summary`` (meta device) counts the published head and the re-associated one, for every architecture."""
+    from equiseg_ros.models.__main__ import summarize
+
+    out = summarize(ModelConfig(name=arch, backbone="mit_b0"), deliver_spec(), 64)
+    assert 0 < out["gmacs_executed"] < out["gmacs"]
+    assert SegFormerHead.reassociate is True

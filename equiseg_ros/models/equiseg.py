@@ -126,7 +126,8 @@ class EQUISeg(SegModel):
         if self.cmtb is None:
             return feats
         stack = self.hub[s].score(feats) if self.hub is not None else stack_maps(feats)
-        exclusive = _exclusive_max(stack, present) if self.hub is not None and not _tracing() else None
+        eager = not _tracing() and not stack.is_meta  # meta: shapes only (summary), no values to branch on
+        exclusive = _exclusive_max(stack, present) if self.hub is not None and eager else None
         out = []
         for i in range(m):
             others = (torch.arange(m, device=present.device) != i)[None, :]
