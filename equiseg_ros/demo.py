@@ -293,6 +293,11 @@ class Demo:
                 from equiseg_ros.bag.evaluate import summary_lines
                 print()
                 print("\n".join(summary_lines(json.loads((p["live"] / f"{key}.json").read_text()))))
+            if (p["live"] / f"{key}.json").exists():
+                rep = json.loads((p["live"] / f"{key}.json").read_text())
+                if rep.get("miou_present") is not None:
+                    print(f"  over the classes in the ground truth (the world's own): mIoU {rep['miou_present']:.2f} "
+                          f"% ({rep.get('frames_answered')}/{rep.get('frames')} frames answered)")
         missing = [s for s in steps if s.status == "missing"]
         if missing:
             print(f"\n{len(missing)} step(s) need tools not in this tree yet: "
