@@ -120,12 +120,46 @@ def test_anchor_dies_next_takes_over_and_anchor_returns() -> None:
     assert all(a == "rgb" for s, a in anchors if s < 1.0 or s >= 2.0)
     failover = [f for _, f in frames if f.anchor == "depth"]
     assert failover and all(1.0 < f.stamp < 2.0 for f in failover)
-    assert all(f.absent["rgb"] == "stale" for f in failover)
-    # the gap in the output is bounded by max_age (+ one period), not infinite like ApproximateTime's
+    # until rgb turns stale (max_age after its last message) depth stands in for its overdue messages; after, rgb
+    # is stale: either way rgb is absent and says why
+    last_rgb_arrival = 0.9 + sens["rgb"].latency
+    for emitted, f in ((t, f) for t, f in frames if f.anchor == "depth"):
+        want = "stale" if emitted - last_rgb_arrival > 0.3 else "no_match_within_slop"
+        assert f.absent["rgb"] == want, (emitted, f.stamp, f.absent)
+    assert {f.absent["rgb"] for f in failover} == {"stale", "no_match_within_slop"}
+    # the gap in the output is bounded by one anchor period + wait (the stand-in), not by max_age, and not infinite
+    # like ApproximateTime's
     stamps = [f.stamp for _, f in frames]
-    assert max(b - a for a, b in zip(stamps, stamps[1:])) <= 0.3 + 0.1 + 1e-6
+    assert max(b - a for a, b in zip(stamps, stamps[1:])) <= 0.1 + 0.05 + 1e-6
     # after the return, rgb anchors again from its first message on
     assert round(min(f.stamp for _, f in frames if f.stamp >= 2.0 and f.anchor == "rgb"), 3) == 2.0
+
+
+def test_single_lost_anchor_message_costs_no_frame_and_a_late_one_no_double() -> None:
+    """The demo bag drops a fifth of the depth messages while the camera is frozen: depth anchors, and a lost depth
+    message used to cost the frame that event and LiDAR had delivered."""
+    lost = [(0.0, 0.7), (0.8, 1.3), (1.4, 1e9)]  # depth stamps 0.705 and 1.305 never arrive
+    sensors = four(rgb=Sensor("rgb", 0.1, 0.02, alive=[]), depth=Sensor("depth", 0.1, 0.03, offset=0.005, alive=lost))
+    sync = Synchronizer(MODS, slop=0.05, max_age=0.5, wait=0.05)
+    frames = simulate(sync, sensors, t_end=2.0)
+    check_invariants(frames, 0.05)
+    by_stamp = {round(f.stamp, 3): f for _, f in frames}
+    for s in (0.696, 1.296):  # event's stamps of the two frames depth lost: event stands in, depth says why
+        assert by_stamp[s].anchor == "event" and by_stamp[s].absent["depth"] == "no_match_within_slop"
+        assert by_stamp[s].items["lidar"] is not None
+    assert len(frames) >= 20 and all(f.anchor == "depth" for s, f in by_stamp.items() if s not in (0.696, 1.296))
+    # a depth message that only arrives (very) late after its stand-in frame is not emitted again
+    late = Synchronizer(MODS, slop=0.05, max_age=0.5, wait=0.05)
+    for k in range(5):
+        late.push("depth", 0.1 * k, ("depth", 0.1 * k), now=0.1 * k + 0.03)
+        late.push("event", 0.1 * k, ("event", 0.1 * k), now=0.1 * k + 0.02)
+        assert late.poll(0.1 * k + 0.09).anchor == "depth"  # rgb and lidar never seen: wait runs out
+    late.push("event", 0.5, ("event", 0.5), now=0.52)
+    assert late.poll(0.55) is None  # depth is not overdue yet: 0.43 + 0.1 + 0.05
+    frame = late.poll(0.59)
+    assert frame.anchor == "event" and frame.stamp == 0.5 and frame.absent["depth"] == "no_match_within_slop"
+    late.push("depth", 0.5, ("depth", 0.5), now=0.6)
+    assert late.poll(0.61) is None and late.emitted == 6
 
 
 def test_jittered_out_of_order_stamps_match_the_right_messages() -> None:

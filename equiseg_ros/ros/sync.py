@@ -5,6 +5,8 @@ Why not message_filters' ApproximateTimeSynchronizer: when one input stops it go
 
 * anchor = the highest-priority modality that is **alive** (a good message received within ``max_age`` of ``now``,
   not marked malformed or unhealthy). When it dies the next one takes over; when it comes back it anchors again.
+  When one of its messages is lost while it stays alive (overdue by a period plus ``wait``), the next alive
+  modality anchors the frame the others delivered (a *stand-in*), so a single dropped message costs no frame.
 * for every other modality the buffered message nearest to the anchor stamp within ``slop`` is taken; otherwise
   it is absent with a reason: ``never_seen``, ``stale``, ``malformed``, ``unhealthy`` or ``no_match_within_slop``.
 * :meth:`Synchronizer.poll` emits at most one frame: the newest anchor message not yet emitted. Older pending
@@ -199,18 +201,15 @@ class Synchronizer:
         with self._lock:
             self._advance(now)
             now = self._last_now
-            anchor = next((m for m in self.priority if self._state(m, now)[0] == "alive"), None)
-            if anchor is None:
+            alive = [m for m in self.priority if self._state(m, now)[0] == "alive"]
+            if not alive:
                 return None
+            pick = self._newest_ready(alive[0], now) or self._stand_in(alive, now)
+            if pick is None:
+                return None
+            anchor, target, skipped = pick
             ach = self._ch[anchor]
-            fresh = [m for m in ach.buf if self._last_emitted is None or m.stamp > self._last_emitted]
             others = [m for m in self.modalities if m != anchor]
-            # the newest anchor message that is ready; newer ones still waiting stay pending, older ones are dropped
-            ready = next((i for i in range(len(fresh) - 1, -1, -1) if self._ready(fresh[i], others, now)), None)
-            if ready is None:
-                return None
-            target = fresh[ready]
-            skipped = ready
             items: dict[str, Any] = {anchor: target.payload}
             stamps: dict[str, float | None] = {anchor: target.stamp}
             absent: dict[str, str] = {}
@@ -304,6 +303,37 @@ class Synchronizer:
         if best is None or abs(best.stamp - stamp) > self.slop:
             return None
         return best
+
+    def _newest_ready(self, anchor: str, now: float, after: float | None = None,
+                      overdue: str | None = None) -> tuple[str, _Msg, int] | None:
+        """(anchor, its newest ready message not yet emitted and newer than ``after``, how many older ones it
+        skips); newer messages still waiting stay pending. An ``overdue`` modality is not waited for."""
+        fresh = [m for m in self._ch[anchor].buf if (self._last_emitted is None or m.stamp > self._last_emitted)
+                 and (after is None or m.stamp > after)]
+        others = [m for m in self.modalities if m not in (anchor, overdue)]
+        ready = next((i for i in range(len(fresh) - 1, -1, -1) if self._ready(fresh[i], others, now)), None)
+        return None if ready is None else (anchor, fresh[ready], ready)
+
+    def _stand_in(self, alive: list[str], now: float) -> tuple[str, _Msg, int] | None:
+        """A frame anchored on the next alive modality when the anchor's message for its stamp is overdue.
+
+        The anchor is alive, but one of its messages was lost (dropped by the transport, malformed, filtered): the
+        other sensors delivered that frame and waiting for the anchor's next message would skip it. Overdue means
+        no anchor message for one period plus ``wait`` since its last one. The stand-in's stamp must lie beyond every
+        anchor stamp and the last frame (plus ``slop``): a late anchor message can never make a frame twice, nor
+        can a second sensor's message of the same moment."""
+        ach = self._ch[alive[0]]
+        if ach.period is None or ach.last_arrival is None or ach.newest_stamp is None:
+            return None
+        if now - ach.last_arrival < ach.period + self.wait:
+            return None
+        # beyond the anchor's stamps and the last frame by more than slop: one stand-in per lost frame
+        after = max(ach.newest_stamp, self._last_emitted if self._last_emitted is not None else -math.inf) + self.slop
+        for m in alive[1:]:
+            pick = self._newest_ready(m, now, after=after, overdue=alive[0])
+            if pick is not None:
+                return pick
+        return None
 
     def _ready(self, target: _Msg, others: list[str], now: float) -> bool:
         """Every other modality that may still deliver a match for ``target`` has, or ``wait`` has run out."""
