@@ -110,7 +110,8 @@ def run_config(onnx: Path, size: int, profile: str, reliability: str, period: fl
     overrides = ["inputs.event.type:=image", "inputs.lidar.type:=pointcloud2", "inputs.lidar.topic:=lidar/points",
                  "inputs.lidar.extrinsic:=[0.0,0.0,0.0,0.0,0.0,0.0,1.0]",  # points in the camera frame (required)
                  f"qos.reliability:={reliability}", f"backend.threads:={args.threads}", "backend.prefer:=[onnxruntime]",
-                 "diagnostics.period:=0.5", f"diagnostics.window:={max(10.0, duration)}", "health.noise_ratio:=0.0",
+                 "diagnostics.period:=0.5", f"diagnostics.window:={min(120.0, max(10.0, duration)):.1f}",  # max 120
+                 "health.noise_ratio:=0.0",
                  # a sensor slower than max_age counts as dead and the anchor would not wait for it
                  f"sync.max_age:={min(60.0, 2 * period + 1.0):.2f}", "sync.wait:=1.0", *args.node_param]
     with open(tmp / "node.log", "w") as log:
@@ -121,9 +122,12 @@ def run_config(onnx: Path, size: int, profile: str, reliability: str, period: fl
         finally:
             node.send_signal(signal.SIGINT)
             try:
-                node.wait(timeout=20)
+                node_code = node.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 node.kill()
+                node_code = -9
+    if node_code not in (0, -9):
+        raise RuntimeError(f"node exited with {node_code}: {(tmp / 'node.log').read_text()[-2000:]}")
     if drv.returncode != 0:
         raise RuntimeError(f"driver failed: {drv.stderr[-2000:]}\nnode log: {(tmp / 'node.log').read_text()[-2000:]}")
     rec = json.loads((tmp / "r.json").read_text())
@@ -143,7 +147,7 @@ def run_config(onnx: Path, size: int, profile: str, reliability: str, period: fl
     present = next((v["modalities_present"] for v in reversed(inf) if v.get("modalities_present")), "")
     sensors = [s["values"] for d in rec["diagnostics"][-1:] for s in d["status"] if ": sensor " in s["name"]]
     out = {"sent": rec["published"].get("rgb", 0), "masks": len(masks) + 2, "modalities_present": present,
-           "driver_error": rec.get("error") or None,
+           "driver_error": rec.get("error") or None, "node_exit_code": node_code,
            "e2e_p50_ms": round(float(np.percentile(lat, 50)), 1) if lat.size else None,
            "e2e_p95_ms": round(float(np.percentile(lat, 95)), 1) if lat.size else None,
            "node_stamp_to_publish_p50_ms": round(node_lat, 1), "node_infer_p50_ms": round(node_inf, 1),
