@@ -3,7 +3,7 @@
 Steps (each skips when its outputs are up to date - same arguments, inputs unchanged - unless ``--force``):
 
   1. data     synthetic scenes in the DeLiVER layout + raw sensor data   python -m equiseg_ros.data.synthetic
-  2. model    the shipped demo model (M-SegFormer-B0, experiments/demo_model/, rebuilt bit for bit by
+  2. model    the shipped demo model (M-SegFormer-B0, experiments/demo_model/, rebuilt (same quality) by
               ``make demo-model``), checked against its SHA-256; with ``--recipe`` a short training on CPU
               instead                                                      python training/train.py
   3. report   robustness report: the EQUISeg Table 1 columns (full, EMM,  python training/evaluate.py
