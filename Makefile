@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup test lint emulator demo clean help
+.PHONY: setup test lint emulator demo demo-model clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/:/'
@@ -34,6 +34,9 @@ test: $(STAMP) lint emulator  ## lint, then the whole test suite
 
 demo: $(STAMP)  ## the main job on the embedded synthetic data (see README)
 	$(PY) -m equiseg_ros.demo $(DEMO_ARGS)
+
+demo-model: $(STAMP)  ## retrain the shipped demo model (~35 min of one core; same quality, not the same bytes)
+	$(PY) experiments/demo_model.py $(DEMO_MODEL_ARGS)
 
 clean:  ## remove the environment and generated outputs
 	rm -rf $(VENV) runs build install log *.egg-info
