@@ -233,7 +233,9 @@ def test_node_slow_backend_bounded_latency_flat_memory(model, tmp_path):
     diag = [{s["name"].split(": ", 1)[1]: s["values"] for s in d["status"]} for d in record["diagnostics"]
             if d["phase"] == "slow"]
     assert int(diag[-1]["inference"]["dropped_frames"]) > 20
-    assert all(int(d["inference"]["pending"]) <= 1 for d in diag)
+    # statuses published while the model was still loading carry no queue figures yet
+    running = [d["inference"] for d in diag if "pending" in d["inference"]]
+    assert running and all(int(d["pending"]) <= 1 for d in running)
     assert len(rss) == 4 and rss[-1] - rss[0] < 15.0, f"node memory grows: {rss} MB"
 
 
