@@ -9,19 +9,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_convert_reference import MIN_ARGMAX, fixture
 
 from equiseg_ros.models.__main__ import main as models_main
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "reference_models"
-MIN_ARGMAX = 0.9999
-
-
-def fixture(name: str) -> Path:
-    path = FIXTURES / name
-    if not path.is_file():
-        pytest.fail(f"reference fixture {name} not found: looked for {path} (../shared must sit beside the repo)")
-    return path
 
 
 @pytest.fixture(scope="module")
